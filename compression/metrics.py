@@ -1,0 +1,173 @@
+"""What every variant is measured by, the same way for all of them.
+
+- parameters, and nonzero parameters (per layer and in all);
+- multiply-accumulates (MACs) per image: dense, and counting only nonzero weights
+  (each nonzero weight of a conv is used once per output pixel: MACs = nnz(W) · H_out · W_out);
+- bytes: fp32 safetensors, gzip of it, and the packed format (compression/packed.py);
+- compression ratio = fp32 bytes of the dense parent / packed bytes;
+- accuracy on the eval subset and on the full test set;
+- CPU latency at batch 1 and batch 256 (median of several timed runs).
+"""
+from __future__ import annotations
+
+import gzip
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .data import ImageSet
+from .files import state_dict_bytes
+from .prune import strip
+from .train import evaluate
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str
+    shape: tuple
+    params: int
+    nonzero: int
+    macs: int
+    nonzero_macs: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzero / max(1, self.params)
+
+
+def layer_table(model: nn.Module, image_size: int = 32) -> list[LayerInfo]:
+    """One row per Conv2d / Linear layer: shape, parameters, nonzeros and MACs for one image."""
+    rows: list[LayerInfo] = []
+    hooks = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            weight = module.weight.detach()
+            nnz = int((weight != 0).sum())
+            if isinstance(module, nn.Conv2d):
+                pixels = output.shape[-1] * output.shape[-2]
+                macs, nz_macs = weight.numel() * pixels, nnz * pixels
+            else:
+                macs, nz_macs = weight.numel(), nnz
+            rows.append(LayerInfo(name, type(module).__name__, tuple(weight.shape), weight.numel(), nnz,
+                                  macs, nz_macs))
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return rows
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, nonzero parameters), counting a pruned layer's effective weight."""
+    total = nonzero = 0
+    for name, tensor in _effective_parameters(model):
+        total += tensor.numel()
+        nonzero += int((tensor != 0).sum())
+    return total, nonzero
+
+
+def _effective_parameters(model: nn.Module):
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name.endswith("_orig") and hasattr(module, name[:-5] + "_mask"):
+                yield f"{module_name}.{name[:-5]}", getattr(module, name[:-5]).detach()
+            else:
+                yield f"{module_name}.{name}", param.detach()
+
+
+def count_macs(model: nn.Module) -> tuple[int, int]:
+    """(dense MACs, nonzero MACs) per 32x32 image."""
+    rows = layer_table(model)
+    return sum(r.macs for r in rows), sum(r.nonzero_macs for r in rows)
+
+
+def fp32_bytes(model: nn.Module) -> bytes:
+    """The model as an fp32 safetensors file, masks baked in."""
+    return state_dict_bytes(strip(model).float())   # strip() works on a copy
+
+
+def gzip_size(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, batch_size: int, repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall time of one forward pass at `batch_size` on the CPU, in milliseconds."""
+    model = model.eval()
+    x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        model(x)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+@dataclass
+class Metrics:
+    params: int = 0
+    nonzero_params: int = 0
+    sparsity: float = 0.0                 # fraction of zero weights in conv/linear layers
+    macs: int = 0
+    nonzero_macs: int = 0
+    bytes_fp32: int = 0
+    bytes_gzip: int = 0
+    bytes_packed: int = 0
+    compression_ratio: float = 1.0        # parent dense fp32 bytes / packed bytes
+    eval_accuracy: float | None = None    # on the fixed eval subset
+    test_accuracy: float | None = None    # on the full 10,000-image test set
+    latency_b1_ms: float | None = None
+    latency_b256_ms: float | None = None
+    layers: list[dict] = field(default_factory=list)
+
+    def to_dict(self, with_layers: bool = False) -> dict:
+        d = asdict(self)
+        if not with_layers:
+            d.pop("layers")
+        return d
+
+
+def measure(model: nn.Module, *, reference_bytes: int | None = None, eval_set: ImageSet | None = None,
+            test_set: ImageSet | None = None, latency: bool = False, packed: bytes | None = None) -> Metrics:
+    """Measure `model`. `reference_bytes` is the dense fp32 size the compression ratio is taken
+    against (default: this model's own fp32 size). `packed` lets callers pass bytes they already have."""
+    from .packed import pack_model
+
+    rows = layer_table(model)
+    params, nonzero = count_params(model)
+    weights = sum(r.params for r in rows)
+    raw = fp32_bytes(model)
+    packed = packed if packed is not None else pack_model(model)
+    m = Metrics(
+        params=params, nonzero_params=nonzero,
+        sparsity=1 - sum(r.nonzero for r in rows) / max(1, weights),
+        macs=sum(r.macs for r in rows), nonzero_macs=sum(r.nonzero_macs for r in rows),
+        bytes_fp32=len(raw), bytes_gzip=gzip_size(raw), bytes_packed=len(packed),
+        layers=[{**asdict(r), "sparsity": r.sparsity} for r in rows],
+    )
+    m.compression_ratio = (reference_bytes or m.bytes_fp32) / max(1, m.bytes_packed)
+    if eval_set is not None:
+        m.eval_accuracy = evaluate(model, eval_set).accuracy
+    if test_set is not None:
+        m.test_accuracy = evaluate(model, test_set).accuracy
+    if latency:
+        m.latency_b1_ms = latency_ms(model, 1, repeats=20)
+        m.latency_b256_ms = latency_ms(model, 256, repeats=5)
+    return m

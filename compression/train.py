@@ -1,0 +1,249 @@
+"""One training loop for everything: training from scratch, fine-tuning after pruning,
+quantization-aware training and knowledge distillation.
+
+`train()` is a generator of progress events, so the CLI prints them, the app's worker stores them and
+the tests assert on them, all from the same code. Stop early by closing the generator or by setting
+`stop` (checked between steps).
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .data import ImageSet, augment, to_float
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 30
+    batch_size: int = 128
+    lr: float = 0.2                 # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"      # "onecycle" (warm up, then cosine down), "cosine" or "constant"
+    warmup: float = 0.15            # fraction of steps spent warming up (onecycle)
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    eval_every_epoch: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainEvent:
+    kind: str                        # "step", "epoch" or "done"
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    train_acc: float                 # running accuracy over the current epoch
+    lr: float
+    images_per_s: float
+    eta_s: float
+    test_acc: float | None = None    # filled on "epoch" and "done" events when a test set is given
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    return loss_fn
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Learning rate after `step` of `total` steps.
+
+    onecycle: linear warm-up to `lr` over the first `warmup` fraction, then cosine to zero;
+    cosine: cosine from `lr` to zero; constant: `lr` throughout.
+    """
+    if config.schedule == "constant":
+        return config.lr
+    warm = int(config.warmup * total) if config.schedule == "onecycle" else 0
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on BN parameters and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: ImageSet | None = None, *,
+          loss_fn: LossFn | None = None, step_hook: Callable[[int, int, nn.Module], None] | None = None,
+          stop: Callable[[], bool] | None = None, events_every: int = 10) -> Iterator[TrainEvent]:
+    """Train `model` in place, yielding a TrainEvent every `events_every` steps and at each epoch end.
+
+    loss_fn(model, images, labels) -> (loss, logits): the objective (default: cross-entropy with
+    label smoothing); distillation and regularised training pass their own.
+    step_hook(step, total_steps, model): called after each optimiser step (pruning schedules).
+    """
+    device = pick_device(config.device)
+    generator = seed_everything(config.seed)
+    model.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn or cross_entropy_loss(config.label_smoothing)
+    optimizer = make_optimizer(model, config)
+    n = len(train_set)
+    steps_per_epoch = max(1, n // config.batch_size) if n >= config.batch_size else 1
+    total = max(1, round(config.epochs * steps_per_epoch))
+    images, labels = train_set.images.to(device), train_set.labels.to(device)
+    start = time.perf_counter()
+    step, seen, correct, loss_sum, count = 0, 0, 0, 0.0, 0
+    last_loss, last_acc = float("nan"), float("nan")
+    order = torch.randperm(n, generator=generator).to(device)
+    position = 0
+    while step < total:
+        if stop is not None and stop():
+            break
+        if position + config.batch_size > n and position > 0:
+            order, position = torch.randperm(n, generator=generator).to(device), 0
+        index = order[position:position + config.batch_size]
+        position += config.batch_size
+        x = images[index]
+        if config.augment:
+            x = augment(x, generator)
+        x = to_float(x)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[index]
+        lr = lr_at(step, total, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss, logits = loss_fn(model, x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step_hook is not None:
+            step_hook(step, total, model)
+        seen += len(y)
+        count += len(y)
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        epoch_end = step % steps_per_epoch == 0 or step == total
+        if step % events_every == 0 or epoch_end:
+            elapsed = time.perf_counter() - start
+            rate = seen / elapsed
+            test_acc = None
+            if epoch_end and test_set is not None and (config.eval_every_epoch or step == total):
+                test_acc = evaluate(model, test_set, device=device).accuracy
+            yield TrainEvent("epoch" if epoch_end else "step", step, total, step / steps_per_epoch,
+                             loss_sum / count, correct / count, lr, rate,
+                             (total - step) * config.batch_size / rate, test_acc, elapsed)
+            if epoch_end:
+                last_loss, last_acc = loss_sum / count, correct / count
+                correct, loss_sum, count = 0, 0.0, 0
+    model.eval()
+    elapsed = time.perf_counter() - start
+    final_acc = evaluate(model, test_set, device=device).accuracy if test_set is not None else None
+    yield TrainEvent("done", step, total, step / steps_per_epoch, last_loss, last_acc, 0.0, seen / max(elapsed, 1e-9), 0.0, final_acc, elapsed)
+
+
+def run_to_end(events: Iterator[TrainEvent], log: Callable[[TrainEvent], None] | None = None) -> TrainEvent:
+    """Drain a training generator; returns the last event."""
+    last = None
+    for last in events:
+        if log:
+            log(last)
+    return last
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    images: int
+    per_class: list[float]
+    confusion: list[list[int]]   # confusion[true][predicted]
+    loss: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits for uint8 images (N, 3, 32, 32), in eval mode, on the model's device."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_float(images[i:i + batch_size].to(device))
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500, device=None,
+             num_classes: int = 10) -> EvalResult:
+    """Accuracy, per-class accuracy, confusion matrix and mean cross-entropy on `data`."""
+    logits = predict_logits(model, data.images, batch_size, device)
+    labels = data.labels.cpu()
+    pred = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
+    return EvalResult(accuracy=(pred == labels).float().mean().item(), images=len(labels),
+                      per_class=per_class, confusion=confusion.tolist(),
+                      loss=F.cross_entropy(logits, labels).item())
