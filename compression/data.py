@@ -101,11 +101,13 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles only what a CIFAR batch holds: containers, strings, numbers and numpy arrays.
 
-    A pickle can name any callable to run at load time; this one refuses every global except
-    the three numpy functions that rebuild an array.
+    A pickle can name any callable to run at load time; this one refuses every global except the
+    numpy functions that rebuild an array and `_codecs.encode`, which Python 3 uses for bytes in
+    protocol-2 pickles.
     """
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar")}
 

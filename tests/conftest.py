@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes tens of seconds (compiles or trains)")
+    config.addinivalue_line("markers", "realdata: needs CIFAR10_ROOT pointing at real CIFAR-10")
+    config.addinivalue_line("markers", "browser: drives the app in headless Chromium")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    root = os.environ.get("CIFAR10_ROOT")
+    if not root:
+        pytest.skip("real-data test: set CIFAR10_ROOT to a folder holding cifar-10-batches-py/")
+    from compression.data import has_cifar10
+    if not has_cifar10(root):
+        pytest.skip(f"real-data test: CIFAR10_ROOT={root} does not hold cifar-10-batches-py/")
+    return Path(root)

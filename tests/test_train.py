@@ -1,0 +1,126 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from compression.data import ImageSet, load_cifar10
+from compression.files import load_model
+from compression.models import create_model
+from compression.train import TrainConfig, evaluate, lr_at, run_to_end, train
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def toy_set(n=256, seed=0):
+    """A learnable toy task: the class is which tenth of the image is brightest."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    for i, c in enumerate(labels.tolist()):
+        images[i, :, :, 3 * c:3 * c + 3] = 255
+    return ImageSet(images, labels, "toy")
+
+
+def tiny_config(**kw):
+    base = dict(epochs=2, batch_size=32, lr=0.05, seed=3, augment=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_is_deterministic_under_a_seed():
+    data = toy_set()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # different global state must not matter: the config's seed rules
+        model = create_model("resnet8", width=0.25)
+        run_to_end(train(model, data, tiny_config(epochs=1, augment=True)))
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_different_seeds_give_different_models():
+    data = toy_set()
+    a, b = create_model("resnet8", width=0.25), create_model("resnet8", width=0.25)
+    run_to_end(train(a, data, tiny_config(epochs=1, seed=1)))
+    run_to_end(train(b, data, tiny_config(epochs=1, seed=2)))
+    assert not torch.equal(a.fc.weight, b.fc.weight)
+
+
+def test_events_report_progress_and_learning_happens():
+    data = toy_set()
+    model = create_model("resnet8", width=0.25)
+    events = list(train(model, data, tiny_config(epochs=6, lr=0.5), test_set=toy_set(200, seed=1), events_every=2))
+    kinds = [e.kind for e in events]
+    assert kinds[-1] == "done" and kinds.count("epoch") == 6
+    steps = [e.step for e in events]
+    assert steps == sorted(steps) and events[-1].step == events[-1].total_steps == 6 * (256 // 32)
+    assert all(e.images_per_s > 0 and e.eta_s >= 0 for e in events)
+    assert events[-1].test_acc > 0.5, "the toy task is easy: a few epochs must beat chance (0.1) widely"
+
+
+def test_stop_cancels_between_steps():
+    model = create_model("resnet8", width=0.25)
+    stop_after = 3
+    seen = []
+    for event in train(model, toy_set(), tiny_config(epochs=5), stop=lambda: len(seen) >= stop_after,
+                       events_every=1):
+        seen.append(event)
+    assert seen[-1].kind == "done" and seen[-1].step == stop_after
+
+
+def test_closing_the_generator_stops_training():
+    model = create_model("resnet8", width=0.25)
+    gen = train(model, toy_set(), tiny_config(epochs=5), events_every=1)
+    next(gen)
+    before = model.fc.weight.clone()
+    gen.close()
+    assert torch.equal(before, model.fc.weight)
+
+
+def test_onecycle_schedule_warms_up_then_anneals_to_zero():
+    config = TrainConfig(lr=0.2, schedule="onecycle", warmup=0.2)
+    lrs = [lr_at(s, 100, config) for s in range(100)]
+    assert max(lrs) == pytest.approx(0.2) and lrs.index(max(lrs)) == 19
+    assert lrs[0] < 0.02 and lrs[-1] < 1e-3
+    assert lr_at(50, 100, TrainConfig(lr=0.1, schedule="cosine")) == pytest.approx(0.05, rel=0.05)
+
+
+def test_divergence_is_reported_not_hidden():
+    model = create_model("resnet8", width=0.25)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        run_to_end(train(model, toy_set(), tiny_config(lr=1e12, label_smoothing=0.0)))
+
+
+def test_evaluate_confusion_matrix_is_consistent():
+    data = toy_set(300)
+    model = create_model("resnet8", width=0.25)
+    result = evaluate(model, data)
+    confusion = torch.tensor(result.confusion)
+    assert confusion.sum() == 300 and torch.equal(confusion.sum(1), data.labels.bincount(minlength=10))
+    assert result.accuracy == pytest.approx(confusion.diag().sum().item() / 300)
+
+
+# --- real data -----------------------------------------------------------------------------------------
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["resnet20", "resnet8"])
+def test_shipped_weights_reproduce_their_card(cifar_root, name):
+    card = json.loads((ASSETS / f"{name}.json").read_text())
+    model, meta = load_model(ASSETS / f"{name}.safetensors")
+    assert meta["arch"] == card["arch"] == name
+    accuracy = evaluate(model, load_cifar10(cifar_root, "test")).accuracy
+    assert abs(accuracy - card["test_accuracy"]) <= 0.002
+    assert card["test_accuracy"] >= {"resnet20": 0.90, "resnet8": 0.84}[name]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_short_training_on_real_data_beats_chance_widely(cifar_root):
+    train_set = load_cifar10(cifar_root, "train").subset(slice(0, 8192))
+    test_set = load_cifar10(cifar_root, "test").subset(slice(0, 2000))
+    model = create_model("resnet8", width=0.5)
+    last = run_to_end(train(model, train_set, TrainConfig(epochs=1, batch_size=128, lr=0.1), test_set))
+    assert last.test_acc > 0.30, f"one epoch on 8k real images should reach well over 10 %, got {last.test_acc}"
+    assert math.isfinite(last.loss)
