@@ -193,6 +193,8 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
                 last_loss, last_acc = loss_sum / count, correct / count
                 correct, loss_sum, count = 0, 0.0, 0
     model.eval()
+    if device.type == "cpu":
+        model.to(memory_format=torch.contiguous_format)   # stored models are always plain contiguous
     elapsed = time.perf_counter() - start
     final_acc = evaluate(model, test_set, device=device).accuracy if test_set is not None else None
     yield TrainEvent("done", step, total, step / steps_per_epoch, last_loss, last_acc, 0.0, seen / max(elapsed, 1e-9), 0.0, final_acc, elapsed)
@@ -229,8 +231,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     out = []
     for i in range(0, len(images), batch_size):
         x = to_float(images[i:i + batch_size].to(device))
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
