@@ -70,6 +70,39 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    model, meta = load_model(args.model, args.arch)
+    if args.sample:
+        _, test_set = D.load_sample()
+    else:
+        test_set = D.load_cifar10(args.data, "test")
+    result = evaluate(model, test_set)
+    if args.json:
+        _print_json({"model": str(args.model), "arch": meta.get("arch"), "data": test_set.name,
+                     **result.to_dict(), "classes": list(D.CLASSES)})
+    else:
+        print(f"{args.model}: accuracy {result.accuracy:.4f} on {result.images} images ({test_set.name})")
+        for name, acc in zip(D.CLASSES, result.per_class):
+            print(f"  {name:>10}: {acc:.3f}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .metrics import measure
+
+    model, meta = load_model(args.model, args.arch)
+    m = measure(model)
+    info = {"model": str(args.model), "arch": meta.get("arch"), "width": float(meta.get("width", 1.0)),
+            "size_bytes": Path(args.model).stat().st_size, **m.to_dict(with_layers=args.layers)}
+    if args.json:
+        _print_json(info)
+    else:
+        for key, value in info.items():
+            if key != "layers":
+                print(f"{key:>18}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compression", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -95,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     data_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a model file on the CIFAR-10 test set")
+    p.add_argument("model", help="a .safetensors or packed model file")
+    p.add_argument("--arch", choices=ARCHS, help="architecture, when the file does not say")
+    p.add_argument("--json", action="store_true")
+    data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="parameters, nonzeros, MACs and sizes of a model file")
+    p.add_argument("model")
+    p.add_argument("--arch", choices=ARCHS)
+    p.add_argument("--layers", action="store_true", help="include the per-layer table")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
     return parser
 
 

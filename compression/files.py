@@ -133,11 +133,21 @@ def load_model_bytes(data: bytes, name: str = "file", arch: str | None = None,
     return model_from_state_dict(tensors, arch, width, name), meta
 
 
+def load_any_bytes(data: bytes, name: str = "file", arch: str | None = None) -> tuple[nn.Module, dict]:
+    """Load a model file of either kind the app writes: packed (.cmpk) or safetensors."""
+    from . import packed
+
+    if data[:len(packed.MAGIC)] == packed.MAGIC:
+        return packed.unpack_model(data, name)
+    return load_model_bytes(data, name, arch)
+
+
 def load_model(path: str | os.PathLike, arch: str | None = None) -> tuple[nn.Module, dict]:
+    """Load a packed or safetensors model file: (model in eval mode, metadata)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path} does not exist.")
-    return load_model_bytes(path.read_bytes(), path.name, arch)
+    return load_any_bytes(path.read_bytes(), path.name, arch)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

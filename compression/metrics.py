@@ -130,7 +130,8 @@ class Metrics:
     bytes_fp32: int = 0
     bytes_gzip: int = 0
     bytes_packed: int = 0
-    compression_ratio: float = 1.0        # parent dense fp32 bytes / packed bytes
+    reference_bytes: int = 0              # fp32 bytes of the dense model this one descends from
+    compression_ratio: float = 1.0        # reference_bytes / packed bytes
     eval_accuracy: float | None = None    # on the fixed eval subset
     test_accuracy: float | None = None    # on the full 10,000-image test set
     latency_b1_ms: float | None = None
@@ -162,7 +163,8 @@ def measure(model: nn.Module, *, reference_bytes: int | None = None, eval_set: I
         bytes_fp32=len(raw), bytes_gzip=gzip_size(raw), bytes_packed=len(packed),
         layers=[{**asdict(r), "sparsity": r.sparsity} for r in rows],
     )
-    m.compression_ratio = (reference_bytes or m.bytes_fp32) / max(1, m.bytes_packed)
+    m.reference_bytes = reference_bytes or m.bytes_fp32
+    m.compression_ratio = m.reference_bytes / max(1, m.bytes_packed)
     if eval_set is not None:
         m.eval_accuracy = evaluate(model, eval_set).accuracy
     if test_set is not None:

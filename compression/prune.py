@@ -139,31 +139,44 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) ->
         torch_prune.custom_from_mask(layers[name], "weight", mask.to(layers[name].weight.dtype))
 
 
+def importance_scores(model: nn.Module, method: str = "magnitude", exempt: Iterable[str] = (),
+                      data: ImageSet | None = None, seed: int = 0,
+                      gradient_batches: int = 4) -> dict[str, torch.Tensor]:
+    """Step 1 for `method`: a score per weight of every prunable layer (higher = more important)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    layers = prunable_layers(model, exempt)
+    if method == "magnitude":
+        return magnitude_scores(layers)
+    if method == "random":
+        return random_scores(layers, seed)
+    if data is None:
+        raise ValueError("gradient pruning needs a few batches of data to compute ∂L/∂w")
+    return gradient_scores(model, layers, data, gradient_batches)
+
+
 def prune(model: nn.Module, amount: float, method: str = "magnitude", scope: str = "global",
           exempt: Iterable[str] = (), data: ImageSet | None = None, seed: int = 0,
-          gradient_batches: int = 4, inplace: bool = False) -> nn.Module:
+          gradient_batches: int = 4, inplace: bool = False,
+          scores: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Prune `amount` (0..1) of the weights of the prunable layers; returns the pruned model.
 
     The model is copied first unless `inplace`. `amount` is the fraction of the prunable weights
-    that are zero afterwards (weights pruned before count towards it).
+    that are zero afterwards (weights pruned before count towards it). Pass `scores` computed once by
+    importance_scores() to re-prune the same model at many amounts quickly.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not inplace:
         model = copy_model(model)
+    exempt = tuple(exempt)
     layers = prunable_layers(model, exempt)
     if not layers:
         raise ValueError("every layer is exempt: nothing to prune")
-    if method == "magnitude":
-        scores = magnitude_scores(layers)
-    elif method == "random":
-        scores = random_scores(layers, seed)
-    else:
-        if data is None:
-            raise ValueError("gradient pruning needs a few batches of data to compute ∂L/∂w")
-        scores = gradient_scores(model, layers, data, gradient_batches)
+    if scores is None:
+        scores = importance_scores(model, method, exempt, data, seed, gradient_batches)
     already = {n: current_mask(m) for n, m in layers.items()}
-    apply_masks(layers, masks_from_scores(scores, amount, scope, already))
+    apply_masks(layers, masks_from_scores({n: scores[n] for n in layers}, amount, scope, already))
     return model
 
 
