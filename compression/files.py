@@ -107,6 +107,8 @@ def resize_to(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
             module.weight = nn.Parameter(torch.empty(shape))
         elif isinstance(module, nn.BatchNorm2d):
+            if len(shape) != 1:
+                raise ModelFileError(f"{key} should be a vector of BN scales, found shape {shape}.")
             n = shape[0]
             module.num_features = n
             module.weight, module.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
