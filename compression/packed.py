@@ -313,6 +313,23 @@ def packed_breakdown(model: nn.Module) -> list[dict]:
     return rows
 
 
+def fixed_width_bytes(model: nn.Module) -> int:
+    """The packed size if every Huffman-coded stream used fixed-width codes instead: 8 bits per gap
+    symbol and ceil(log2 k) bits per codebook index. The difference is what Huffman coding saves."""
+    plans = plan_model(model)
+    total = len(_header(model, plans, None)) + PREAMBLE.size + CHECKSUM_BYTES
+    for p in plans:
+        sizes = dict(p.sizes)
+        if p.gaps is not None:
+            sizes.pop("gap_table", None)
+            sizes["gaps"] = len(p.gaps)
+        if p.codebook is not None:
+            sizes.pop("index_table", None)
+            sizes["indices"] = math.ceil(len(p.indices) * max(1, math.ceil(math.log2(len(p.codebook)))) / 8)
+        total += sum(sizes.values())
+    return total
+
+
 def _summary_row(name: str, n_bytes: int) -> dict:
     return {"name": name, "shape": (), "params": 0, "nonzero": 0, "positions": "", "values": "raw",
             "codebook_size": 0, "position_bytes": 0, "index_bytes": 0, "codebook_bytes": 0,
