@@ -148,6 +148,7 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     last_loss, last_acc = float("nan"), float("nan")
     order = torch.randperm(n, generator=generator).to(device)
     position = 0
+    rate, mark = None, (start, 0)          # recent images/s (moving average), and where it was last taken
     while step < total:
         if stop is not None and stop():
             break
@@ -181,14 +182,17 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
         correct += (logits.argmax(1) == y).sum().item()
         epoch_end = step % steps_per_epoch == 0 or step == total
         if step % events_every == 0 or epoch_end:
-            elapsed = time.perf_counter() - start
-            rate = seen / elapsed
+            now = time.perf_counter()
+            elapsed = now - start
+            recent = (seen - mark[1]) / max(now - mark[0], 1e-9)
+            rate = recent if rate is None else 0.7 * rate + 0.3 * recent
             test_acc = None
             if epoch_end and test_set is not None and (config.eval_every_epoch or step == total):
                 test_acc = evaluate(model, test_set, device=device).accuracy
             yield TrainEvent("epoch" if epoch_end else "step", step, total, step / steps_per_epoch,
                              loss_sum / count, correct / count, lr, rate,
                              (total - step) * config.batch_size / rate, test_acc, elapsed)
+            mark = (time.perf_counter(), seen)   # time spent evaluating or in the consumer is not training
             if epoch_end:
                 last_loss, last_acc = loss_sum / count, correct / count
                 correct, loss_sum, count = 0, 0.0, 0
