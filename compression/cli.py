@@ -103,6 +103,212 @@ def cmd_info(args) -> int:
     return 0
 
 
+# --- compression verbs ---------------------------------------------------------------------------------
+
+class Data:
+    """The data a verb needs, loaded once: eval subset (bundled), training and test sets (full CIFAR-10
+    when --data / CIFAR10_ROOT has it, else the bundled sample, said on stderr)."""
+
+    def __init__(self, args):
+        self.args = args
+        self._splits = None
+
+    @property
+    def eval(self) -> D.ImageSet:
+        return D.eval_subset(D.load_sample()[1])
+
+    def splits(self) -> tuple[D.ImageSet, D.ImageSet]:
+        if self._splits is None:
+            if not getattr(self.args, "sample", False) and D.has_cifar10(self.args.data):
+                self._splits = D.load_cifar10(self.args.data, "train"), D.load_cifar10(self.args.data, "test")
+            else:
+                print("note: full CIFAR-10 not found (--data / CIFAR10_ROOT); using the bundled sample",
+                      file=sys.stderr)
+                self._splits = D.load_sample()
+        return self._splits
+
+    @property
+    def train(self) -> D.ImageSet:
+        return self.splits()[0]
+
+    @property
+    def test(self) -> D.ImageSet | None:
+        if getattr(self.args, "full_test", False):
+            return self.splits()[1]
+        return None
+
+
+def load_variant(path: str, data: Data, arch: str | None = None):
+    from .variant import measure_variant
+
+    model, meta = load_model(path, arch)
+    return measure_variant(model, meta.get("technique") or "loaded", {"file": Path(path).name},
+                           name=meta.get("name") or Path(path).stem, eval_set=data.eval)
+
+
+def finish(args, variant, data: Data) -> int:
+    """Measure a new variant fully, save it (packed or safetensors by extension) and print its metrics."""
+    from .export import packed_bytes, safetensors_bytes
+    from .metrics import measure
+
+    variant.metrics = measure(variant.model, reference_bytes=variant.metrics.reference_bytes or None,
+                              eval_set=data.eval, test_set=data.test, latency=args.latency)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(packed_bytes(variant) if out.suffix == ".cmpk" else safetensors_bytes(variant))
+    result = {"name": variant.name, "technique": variant.technique, "settings": variant.settings,
+              "recipe": variant.recipe, "out": args.out, **variant.metrics.to_dict()}
+    if args.json:
+        _print_json(result)
+    else:
+        m = variant.metrics
+        print(f"{variant.recipe}\n  eval accuracy {m.eval_accuracy:.4f}"
+              + (f", test accuracy {m.test_accuracy:.4f}" if m.test_accuracy is not None else "")
+              + f"\n  sparsity {m.sparsity:.4f}, {m.nonzero_params:,} nonzero of {m.params:,} parameters, "
+                f"{m.macs / 1e6:.2f} M MACs\n  {m.bytes_fp32:,} B fp32, {m.bytes_gzip:,} B gzip, "
+                f"{m.bytes_packed:,} B packed ({m.compression_ratio:.1f}x)"
+              + (f"\n  saved {args.out}" if args.out else ""))
+    return 0
+
+
+def run_quietly(events, args) -> None:
+    for event in events:
+        if getattr(event, "kind", "") == "epoch" and not args.json:
+            acc = f" eval {event.test_acc:.4f}" if event.test_acc is not None else ""
+            print(f"  epoch {event.epoch:.2f} loss {event.loss:.4f}{acc}", file=sys.stderr, flush=True)
+
+
+def cmd_prune(args) -> int:
+    from .variant import measure_variant
+
+    data = Data(args)
+    base = load_variant(args.model, data, args.arch)
+    if args.structured:
+        from .structured import prune_filters, prune_to_macs
+        if args.target_macs:
+            model = prune_to_macs(base.model, args.target_macs, args.criterion, calib=data.train,
+                                  round_to=args.round_to)
+        else:
+            model = prune_filters(base.model, args.amount, args.criterion, calib=data.train, round_to=args.round_to)
+        technique, settings = "filter-pruned", {"criterion": args.criterion, "ratio": args.amount,
+                                                "target_macs": args.target_macs, "round_to": args.round_to}
+    else:
+        from .prune import FIRST_AND_LAST, prune
+        exempt = FIRST_AND_LAST if args.keep_first_last else ()
+        model = prune(base.model, args.amount, args.method, args.scope, exempt=exempt, data=data.train)
+        technique, settings = "pruned", {"method": args.method, "scope": args.scope, "amount": args.amount}
+    if args.finetune_epochs:
+        from .schedule import finetune
+        run_quietly(finetune(model, data.train, args.finetune_epochs, data.eval, lr=args.lr), args)
+        settings["finetune_epochs"] = args.finetune_epochs
+    return finish(args, measure_variant(model, technique, settings, base, name=f"{base.name} {technique}"), data)
+
+
+def cmd_distill(args) -> int:
+    from .distill import distill
+    from .models import create_model
+    from .variant import measure_variant
+
+    data = Data(args)
+    teacher = load_variant(args.teacher, data, args.arch)
+    student = load_model(args.student)[0] if args.student else create_model(args.student_arch, args.student_width)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         label_smoothing=0.0 if args.alpha > 0 else 0.1)
+    run_quietly(distill(student, teacher.model, data.train, config, T=args.temperature, alpha=args.alpha,
+                        test_set=data.eval), args)
+    settings = {"teacher": teacher.name, "T": args.temperature, "alpha": args.alpha, "epochs": args.epochs}
+    return finish(args, measure_variant(student, "distilled", settings, name=f"{args.student_arch} distilled"), data)
+
+
+def cmd_cluster(args) -> int:
+    from .share import bake_shared, cluster_weights, prepare_shared
+    from .variant import measure_variant
+
+    data = Data(args)
+    base = load_variant(args.model, data, args.arch)
+    model = cluster_weights(base.model, args.clusters)
+    if args.centroid_epochs:
+        from .schedule import finetune
+        model = prepare_shared(model, args.clusters)
+        run_quietly(finetune(model, data.train, args.centroid_epochs, data.eval, lr=args.lr, weight_decay=0.0), args)
+        model = bake_shared(model)
+    settings = {"clusters": args.clusters, "centroid_epochs": args.centroid_epochs}
+    return finish(args, measure_variant(model, "shared", settings, base, name=f"{base.name} k={args.clusters}"),
+                  data)
+
+
+def cmd_pipeline(args) -> int:
+    from .pipelines import Stage, deep_compression, spiral
+
+    data = Data(args)
+    base = load_variant(args.model, data, args.arch)
+    if args.kind == "deep-compression":
+        steps = deep_compression(base, data.train, data.eval, args.sparsity, args.clusters, args.finetune_epochs,
+                                 args.centroid_epochs, args.lr, test_set=data.test)
+    else:
+        steps = spiral(base, data.train, data.eval, args.rounds, args.sparsity, args.epochs_per_round,
+                       args.temperature, args.alpha, args.lr, test_set=data.test)
+    stages = []
+    for step in steps:
+        if isinstance(step, Stage):
+            stages.append(step)
+            if not args.json:
+                r = step.row()
+                print(f"{r['stage']:>18}: eval {r['eval_accuracy']:.4f}, {r['bytes']:,} B ({r['ratio']:.1f}x)",
+                      flush=True)
+        elif getattr(step, "kind", "") == "epoch" and not args.json:
+            print(f"  epoch {step.epoch:.2f} loss {step.loss:.4f}", file=sys.stderr, flush=True)
+    if args.out and stages:
+        from .export import packed_bytes
+        Path(args.out).write_bytes(packed_bytes(stages[-1].variant))
+    if args.json:
+        _print_json({"pipeline": args.kind, "out": args.out, "stages": [s.row() for s in stages],
+                     "final": stages[-1].variant.metrics.to_dict() if stages else None})
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import packed_bytes, safetensors_bytes
+
+    data = Data(args)
+    variant = load_variant(args.model, data, args.arch)
+    if args.format == "int8":
+        from .int8 import int8_export_bytes, to_int8
+        blob = int8_export_bytes(to_int8(variant.model, data.train))
+    else:
+        blob = packed_bytes(variant) if args.format == "packed" else safetensors_bytes(variant)
+    Path(args.out).write_bytes(blob)
+    info = {"model": args.model, "format": args.format, "out": args.out, "bytes": len(blob)}
+    _print_json(info) if args.json else print(f"wrote {args.out} ({len(blob):,} bytes, {args.format})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .metrics import measure
+    from .variant import report_csv, report_json
+
+    data = Data(args)
+    rows = []
+    reference = None
+    for path in args.models:
+        variant = load_variant(path, data, args.arch)
+        variant.metrics = measure(variant.model, reference_bytes=reference, eval_set=data.eval,
+                                  test_set=data.test, latency=args.latency)
+        reference = reference or variant.metrics.bytes_fp32     # ratios against the first model
+        rows.append(variant.row())
+    if args.json:
+        print(report_json(rows))
+    elif args.csv:
+        print(report_csv(rows), end="")
+    else:
+        cols = ["name", "eval_accuracy", "test_accuracy", "sparsity", "bytes_packed", "compression_ratio"]
+        print("  ".join(f"{c:>16}" for c in cols))
+        for r in rows:
+            print("  ".join(f"{r[c]:>16.4f}" if isinstance(r[c], float) else f"{str(r[c]):>16}" for c in cols))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compression", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -142,6 +348,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", action="store_true", help="include the per-layer table")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    def common(p, out=True):
+        p.add_argument("--arch", choices=ARCHS, help="architecture, when the file does not say")
+        if out:
+            p.add_argument("--out", help="write the result: .cmpk (packed) or .safetensors")
+        p.add_argument("--json", action="store_true", help="print the variant's metrics as JSON")
+        p.add_argument("--full-test", action="store_true", help="also measure accuracy on the full test set")
+        p.add_argument("--latency", action="store_true", help="also measure CPU latency at batch 1 and 256")
+        p.add_argument("--lr", type=float, default=0.02, help="fine-tuning learning rate")
+        data_args(p)
+
+    p = sub.add_parser("prune", help="unstructured or structured (filter) pruning")
+    p.add_argument("model")
+    p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or filters) to remove")
+    p.add_argument("--method", choices=["magnitude", "random", "gradient"], default="magnitude")
+    p.add_argument("--scope", choices=["global", "layer"], default="global")
+    p.add_argument("--keep-first-last", action="store_true", help="keep the stem conv and classifier dense")
+    p.add_argument("--structured", action="store_true", help="remove whole filters (a smaller dense model)")
+    p.add_argument("--criterion", choices=["l1", "bn_scale", "activation", "random"], default="l1")
+    p.add_argument("--target-macs", type=float, help="structured: prune until MACs <= this fraction")
+    p.add_argument("--round-to", type=int, help="structured: keep channel counts multiples of this")
+    p.add_argument("--finetune-epochs", type=float, default=0)
+    common(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("distill", help="train a student to mimic a teacher (knowledge distillation)")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", help="a model file to start the student from")
+    p.add_argument("--student-arch", choices=ARCHS, default="resnet8")
+    p.add_argument("--student-width", type=float, default=1.0)
+    p.add_argument("--temperature", "-T", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.9)
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_distill, lr=0.1)
+
+    p = sub.add_parser("cluster", help="k-means weight sharing")
+    p.add_argument("model")
+    p.add_argument("--clusters", "-k", type=int, default=16)
+    p.add_argument("--centroid-epochs", type=float, default=0)
+    common(p)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("pipeline", help="deep-compression or the prune-distill spiral")
+    p.add_argument("kind", choices=["deep-compression", "spiral"])
+    p.add_argument("model")
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--finetune-epochs", type=float, default=2)
+    p.add_argument("--centroid-epochs", type=float, default=0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--epochs-per-round", type=float, default=1)
+    p.add_argument("--temperature", "-T", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.9)
+    common(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("export", help="write a model as packed, safetensors or real int8")
+    p.add_argument("model")
+    p.add_argument("--format", choices=["packed", "safetensors", "int8"], default="packed")
+    common(p, out=False)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="metrics of several model files side by side")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--csv", action="store_true")
+    common(p, out=False)
+    p.set_defaults(func=cmd_report)
     return parser
 
 
