@@ -1,0 +1,177 @@
+"""The app, driven headlessly with Streamlit's AppTest: every page renders without an exception, the
+controls do what they say, and bad input ends in a message, not a traceback."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compression.files import save_model, state_dict_bytes
+from compression.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Small stand-in pretrained models, so app tests do not depend on the shipped weights' accuracy."""
+    folder = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    for arch in ("resnet20", "resnet8"):
+        save_model(create_model(arch), folder / f"{arch}.safetensors")
+        (folder / f"{arch}.json").write_text(json.dumps({"arch": arch, "epochs": 0, "test_accuracy": 0.1}))
+    return folder
+
+
+@pytest.fixture
+def app(assets, monkeypatch):
+    # AppTest forgets, before every run, that app.py uses st.navigation and, seeing a pages/ folder,
+    # would run pages on their own (old multipage mode) without app.py's sidebar. The real server
+    # remembers it after the first run; make AppTest do the same.
+    from streamlit.runtime.pages_manager import PagesManager
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+    monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def goto(at, page):
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_overview_shows_the_model_in_hand(app):
+    assert app.title[0].value == "Model Compression Playground"
+    assert metric(app, "Parameters") == "272,474"
+    assert "40.8 M" == metric(app, "Multiply-accumulates / image")
+    assert app.dataframe[0].value.shape[0] == 22          # 21 convs + the classifier
+
+
+def test_every_page_renders(app):
+    for page in ("train", "prune", "compare", "overview"):
+        goto(app, page)
+
+
+def test_ratio_slider_sets_the_shown_sparsity_and_changes_accuracy(app):
+    goto(app, "prune")
+    shown = {}
+    for ratio in (30, 90):
+        app.slider(key="prune_ratio").set_value(ratio).run()
+        assert not app.exception
+        assert metric(app, "Sparsity (prunable layers)") == f"{ratio:.1f} %"
+        shown[ratio] = metric(app, "Eval accuracy")
+    assert shown[30] != shown[90]
+
+
+def test_structured_pruning_really_shrinks_the_model(app):
+    goto(app, "prune")
+    app.radio(key="prune_method").set_value("structured").run()
+    app.slider(key="prune_ratio").set_value(50).run()
+    assert not app.exception
+    params = int(metric(app, "Parameters").replace(",", ""))
+    assert params < 0.35 * 272_474, "half the channels in every layer leaves about a quarter of the weights"
+
+
+def test_keep_adds_a_variant_to_the_table(app):
+    goto(app, "prune")
+    app.slider(key="prune_ratio").set_value(70).run()
+    next(b for b in app.button if b.label == "Keep this variant").click().run()
+    assert not app.exception
+    goto(app, "compare")
+    names = list(app.dataframe[0].value["name"])
+    assert any("pruned 70%" in n for n in names)
+
+
+def test_training_one_epoch_on_the_sample_joins_the_table(app):
+    goto(app, "train")
+    app.number_input[0].set_value(1)
+    app.form_submit_button[0].click()   # Start training (resnet8, 1 epoch on the 5,000 sample images)
+    app.run()
+    assert not app.exception
+    job = app.session_state["jobs"]["train"]
+    deadline = time.time() + 300
+    while job.active and time.time() < deadline:
+        time.sleep(1)
+    assert job.status == "done", job.error
+    goto(app, "compare")
+    names = list(app.dataframe[0].value["name"])
+    assert any(n.startswith("resnet8 trained (1 ep)") for n in names), names
+    accuracy = job.result.metrics.eval_accuracy
+    assert accuracy > 0.2, "one epoch on 5,000 real images must beat chance (10 %) clearly"
+
+
+def test_downloads_reload_to_the_same_accuracy(app):
+    from compression.data import eval_subset, load_sample
+    from compression.export import downloads
+    from compression.files import load_any_bytes
+    from compression.train import evaluate
+
+    goto(app, "prune")
+    app.slider(key="prune_ratio").set_value(60).run()
+    next(b for b in app.button if b.label == "Keep this variant").click().run()
+    goto(app, "compare")
+    variant = list(app.session_state["book"])[-1]
+    ev = eval_subset(load_sample()[1])
+    for label, ext, make in downloads(variant):
+        model, _ = load_any_bytes(make(), f"download.{ext}")
+        assert evaluate(model, ev).accuracy == variant.metrics.eval_accuracy, label
+
+
+@pytest.mark.parametrize("name,content", [
+    ("truncated.safetensors", state_dict_bytes(create_model("resnet8"), {"arch": "resnet8"})[:5000]),
+    ("evil.safetensors", b"\x80\x04\x95" + b"cos\nsystem\n" * 50),
+    ("wrong.safetensors", state_dict_bytes(create_model("resnet8"), {"arch": "resnet20"})),
+])
+def test_bad_uploads_show_an_error_not_an_exception(app, name, content):
+    goto(app, "compare")
+    before = len(app.session_state["book"])
+    app.file_uploader(key="upload_file").set_value((name, content, "application/octet-stream")).run()
+    assert not app.exception
+    assert app.error and name in app.error[0].value
+    assert len(app.session_state["book"]) == before, "nothing is lost, nothing half-added"
+
+
+def test_nan_upload_is_refused(app):
+    model = create_model("resnet8")
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    goto(app, "compare")
+    app.file_uploader(key="upload_file").set_value(
+        ("nan.safetensors", state_dict_bytes(model, {"arch": "resnet8"}), "application/octet-stream")).run()
+    assert not app.exception and "NaN" in app.error[0].value
+
+
+def test_good_upload_is_evaluated_and_added(app):
+    goto(app, "compare")
+    before = len(app.session_state["book"])
+    data = state_dict_bytes(create_model("resnet8"), {"arch": "resnet8"})
+    app.file_uploader(key="upload_file").set_value(("mine.safetensors", data, "application/octet-stream")).run()
+    assert not app.exception and not app.error
+    assert len(app.session_state["book"]) == before + 1
+
+
+def test_missing_data_folder_is_a_message_and_the_sample_stays(app, tmp_path):
+    app.sidebar.radio(key="data_choice").set_value("Local folder").run()
+    app.sidebar.text_input(key="data_folder").set_value(str(tmp_path / "nothing-here")).run()
+    assert not app.exception
+    assert any("no CIFAR-10 folder" in e.value for e in app.sidebar.error)
+    assert any("bundled sample" in c.value for c in app.sidebar.caption)

@@ -1,0 +1,158 @@
+"""End to end in a real browser: `streamlit run app.py` on a local port, Debian's Chromium driven by
+Playwright. Visits every page, moves the pruning slider, starts and stops a training run, downloads a
+compressed model and reloads it with the library, and saves a screenshot of every page
+(to $SCREENSHOT_DIR, default out/screenshots)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+PAGES = [("overview", "The model in hand"), ("train", "Train a model"), ("prune", "How far can we go?"),
+         ("compare", "Upload a model")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("browser test: Debian's chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright")
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(ROOT / "out" / "streamlit-e2e.log", "w") if (ROOT / "out").is_dir() else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start within 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    folder = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "out" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(browser, url, wait_for, downloads=False):
+    page = browser.new_page(viewport={"width": 1500, "height": 2400}, accept_downloads=downloads)
+    page.goto(url)
+    page.get_by_text(wait_for).first.wait_for(timeout=120_000)
+    settle(page)
+    return page
+
+
+def settle(page, quiet_s=1.5, timeout_s=60):
+    """Wait until Streamlit stops running the script (its status widget disappears)."""
+    deadline = time.time() + timeout_s
+    calm_since = None
+    while time.time() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        if running:
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.time()
+        elif time.time() - calm_since > quiet_s:
+            return
+        time.sleep(0.2)
+
+
+def no_exceptions(page):
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+@pytest.mark.parametrize("path,marker", PAGES)
+def test_every_page_opens_and_is_photographed(browser, server, shots, path, marker):
+    page = open_page(browser, f"{server}/{'' if path == 'overview' else path}", marker)
+    no_exceptions(page)
+    page.screenshot(path=str(shots / f"{path}.png"))
+    page.close()
+
+
+def test_pruning_slider_moves_the_numbers(browser, server, shots):
+    page = open_page(browser, f"{server}/prune", "How far can we go?")
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    metric = page.locator('[data-testid="stMetric"]', has_text="Sparsity (prunable layers)")
+    before = metric.inner_text()
+    for _ in range(20):              # 50 % -> 70 % with the keyboard, as a student would
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Tab")       # the slider commits its value when it loses focus
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
+                           ".some(m => m.innerText.includes('Sparsity') && m.innerText.includes('70.0 %'))",
+                           timeout=60_000)
+    settle(page)
+    after = metric.inner_text()
+    no_exceptions(page)
+    assert "50.0 %" in before and "70.0 %" in after, (before, after)
+    page.screenshot(path=str(shots / "prune-70.png"))
+    page.close()
+
+
+def test_training_starts_and_stops(browser, server, shots):
+    page = open_page(browser, f"{server}/train", "Train a model")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Images / s").first.wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)      # the live curve has points
+    time.sleep(2)
+    page.screenshot(path=str(shots / "train-running.png"))
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Training was stopped").wait_for(timeout=120_000)
+    no_exceptions(page)
+    page.close()
+
+
+def test_download_reloads_to_the_same_accuracy(browser, server, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from compression.data import eval_subset, load_sample
+    from compression.files import load_model
+    from compression.train import evaluate
+
+    page = open_page(browser, f"{server}/compare", "Upload a model", downloads=True)
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Packed (.cmpk)").first.click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    model, meta = load_model(path)
+    accuracy = evaluate(model, eval_subset(load_sample()[1])).accuracy
+    assert f"{accuracy:.4f}" == meta["eval_accuracy"], "the download must reload to the accuracy it was listed with"
+    page.close()
