@@ -1,0 +1,45 @@
+"""The files a variant can be downloaded as.
+
+- packed (.cmpk): sparse positions, codebooks and Huffman-coded indices (compression/packed.py); the
+  smallest, and it reloads to the same logits bit for bit;
+- safetensors: the plain fp32 state_dict (masks baked in), for any PyTorch code;
+- int8 (.pt2): the real int8 program from compression/int8.py, where the variant has one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .files import model_metadata, state_dict_bytes
+from .packed import pack_model
+from .prune import strip
+from .variant import Variant
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """A copy of the plain architecture with the weights the variant computes with."""
+    return strip(model)
+
+
+def variant_metadata(variant: Variant) -> dict:
+    return {"name": variant.name, "technique": variant.technique, "recipe": variant.recipe,
+            "eval_accuracy": "" if variant.metrics.eval_accuracy is None else f"{variant.metrics.eval_accuracy:.4f}"}
+
+
+def packed_bytes(variant: Variant) -> bytes:
+    return pack_model(variant.model, metadata=variant_metadata(variant))
+
+
+def safetensors_bytes(variant: Variant) -> bytes:
+    plain = plain_model(variant.model)
+    return state_dict_bytes(plain, {**model_metadata(plain), **variant_metadata(variant)})
+
+
+def downloads(variant: Variant) -> list[tuple[str, str, Callable[[], bytes]]]:
+    """(button label, file extension, function making the bytes) for each download of `variant`."""
+    files = [("Packed (.cmpk)", "cmpk", lambda: packed_bytes(variant)),
+             ("Weights (.safetensors)", "safetensors", lambda: safetensors_bytes(variant))]
+    if "int8" in variant.artifacts:
+        files.append(("Real int8 (.pt2)", "int8.pt2", lambda: variant.artifacts["int8"]))
+    return files

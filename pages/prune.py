@@ -1,0 +1,212 @@
+import streamlit as st
+
+from compression import structured as S
+from compression.jobs import finetune_variant, pruning_curve, sensitivity_curves, structured_curve
+from compression.prune import FIRST_AND_LAST, layer_sparsity
+from compression.schedule import agp_curve
+from compression.variant import measure_variant
+from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
+from compression.worker import DONE, FAILED
+from ui import cached, charts, lesson, state
+from ui.format import accuracy
+
+METHODS = {"magnitude": "Magnitude |w|", "random": "Random", "gradient": "Gradient |w·∂L/∂w|",
+           "structured": "Structured: whole filters"}
+CRITERIA = {"l1": "L1 norm of the filter", "bn_scale": "BN scale |γ| (network slimming)",
+            "activation": "Mean activation", "random": "Random"}
+
+st.title("Prune")
+variant = state.current()
+if variant is None:
+    st.error("No model in hand.")
+    st.stop()
+lesson.restore("prune", {"prune_method": "magnitude", "prune_scope": "global", "prune_ratio": 50,
+                         "prune_criterion": "l1", "prune_keep": False},
+               choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],
+                        "prune_criterion": list(CRITERIA)}, bounds={"prune_ratio": (0, 99)})
+data = state.data_in_use()
+calib = data.train.subset(slice(0, 512), "calibration batches")
+
+c1, c2, c3 = st.columns([1.1, 1.1, 2])
+method = c1.radio("Method", list(METHODS), format_func=METHODS.get, key="prune_method")
+structured = method == "structured"
+if structured:
+    criterion = c2.radio("Which filters go", list(CRITERIA), format_func=CRITERIA.get, key="prune_criterion")
+    scope, exempt = "layer", ()
+else:
+    scope = c2.radio("Scope", ["global", "layer"], key="prune_scope",
+                     format_func={"global": "Global (one threshold)", "layer": "Per layer (same % each)"}.get)
+    keep = c2.checkbox("Keep first conv and classifier dense", key="prune_keep")
+    exempt = FIRST_AND_LAST if keep else ()
+ratio_pct = c3.slider("Pruning ratio (%)", 0, 99, key="prune_ratio",
+                      help="Unstructured: the share of weights set to zero. Structured: the share of filters "
+                           "(output channels) removed from each layer.")
+lesson.link(c3, "prune", ["prune_method", "prune_scope", "prune_ratio", "prune_criterion", "prune_keep"])
+
+with c3.expander("What is happening?", expanded=False):
+    if structured:
+        st.markdown("Filter pruning removes whole output channels. The network really gets smaller: fewer "
+                    "channels means fewer multiply-accumulates, and a plain CPU runs it faster. Residual "
+                    "connections add channels together, so layers joined by a shortcut lose the same channels.")
+        st.latex(r"\text{MACs} = C_\text{out}\cdot C_\text{in}\cdot k^2\cdot H_\text{out} W_\text{out}"
+                 r"\qquad s_c = \lVert W_c \rVert_1 \;\text{or}\; |\gamma_c|")
+    else:
+        st.markdown("Each weight gets a score; the lowest-scoring fraction is set to zero and held there by a "
+                    "mask. Small weights change the output least, so magnitude pruning keeps accuracy far "
+                    "longer than random pruning. The gradient score also asks how much the loss cares.")
+        st.latex(r"s_\text{magnitude} = |w| \qquad s_\text{gradient} = \left|\, w \cdot "
+                 r"\frac{\partial L}{\partial w} \right| \qquad \text{prune } w \text{ if } s < s_{(k)},"
+                 r"\; k = \lfloor r \cdot N \rceil")
+
+ratio = ratio_pct / 100
+model = variant.model
+before_acc = cached.accuracy(variant.id, model, data.eval)
+if structured:
+    limit = S.largest_ratio(model)
+    if ratio > limit:
+        st.info(f"Structured pruning can remove at most {100 * limit:.0f} % of the filters here: every layer "
+                f"must keep at least one channel. Showing {int(100 * limit)} %.")
+        ratio = int(100 * limit) / 100
+    pruned, acc = cached.structured(variant.id, criterion, ratio, model, data.eval, calib)
+else:
+    pruned, acc = cached.unstructured(variant.id, method, scope, exempt, ratio, model, data.eval, calib)
+
+sp_before, sp_after = layer_sparsity(model), layer_sparsity(pruned)
+m = st.columns(4)
+m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt", delta_color="normal")
+if structured:
+    from compression.metrics import count_macs, count_params
+    p0, p1 = count_params(model)[0], count_params(pruned)[0]
+    mac0, mac1 = count_macs(model)[0], count_macs(pruned)[0]
+    m[1].metric("Parameters", f"{p1:,}", f"{100 * (p1 / p0 - 1):+.0f} %", delta_color="inverse")
+    m[2].metric("MACs / image", f"{mac1 / 1e6:.1f} M", f"{100 * (mac1 / mac0 - 1):+.0f} %", delta_color="inverse")
+    m[3].metric("Channels kept", f"{sum(S.channel_counts(pruned).values()):,}",
+                f"of {sum(S.channel_counts(model).values()):,}", delta_color="off")
+else:
+    from compression.prune import sparsity
+    m[1].metric("Sparsity (prunable layers)", f"{100 * sparsity(pruned, exempt):.1f} %")
+    nz = sum(int((w != 0).sum()) for w in (layer_weight(pruned, n) for n in layer_names(pruned)))
+    m[2].metric("Nonzero weights", f"{nz:,}")
+    m[3].metric("Accuracy before", accuracy(before_acc))
+
+names = layer_names(model)
+left, right = st.columns(2)
+with left:
+    if structured:
+        before_c, after_c = S.channel_counts(model), S.channel_counts(pruned)
+        st.plotly_chart(charts.bars(list(before_c), [after_c.get(n, 0) for n in before_c], "Channels per layer",
+                                    "output channels", reference=list(before_c.values())), key="prune_layers")
+    else:
+        st.plotly_chart(charts.bars(names, [100 * sp_after[n] for n in names], "Sparsity per layer", "sparsity (%)",
+                                    y_range=[0, 100]), key="prune_layers")
+with right:
+    layer = st.selectbox("Layer to inspect", names, index=min(len(names) - 1, 4), key="prune_layer")
+    lo_hi = weight_range(model, layer)
+    h_before = histogram(layer_weight(model, layer), value_range=lo_hi)
+    h_after = histogram(layer_weight(pruned, layer), value_range=lo_hi, drop_zeros=True)
+    st.plotly_chart(charts.histogram_before_after(
+        h_before, h_after, f"Weights of {layer}", after_name=f"after (nonzero; {h_after.zeros:,} zeros)"),
+        key="prune_hist")
+
+if structured:
+    scores = S.filter_scores(model, criterion, calib)
+    if layer in scores:
+        removed = set(S.filters_to_remove(model, ratio, criterion, calib).get(layer, []))
+        s = scores[layer].tolist()
+        fig = charts.bars(list(range(len(s))), s, f"Filter scores of {layer} (orange = removed)", "score",
+                          x="filter", color=[charts.AFTER if i in removed else charts.BEFORE for i in range(len(s))])
+        st.plotly_chart(fig, key="prune_scores")
+elif layer in names and layer_weight(model, layer).dim() == 4:
+    st.plotly_chart(charts.heatmap(mask_matrix(pruned, layer), f"Mask of {layer}: blue = kept, white = pruned",
+                                   "weight within the filter (input channel × 3 × 3)", "filter (output channel)"),
+                    key="prune_mask")
+
+# --- curves computed once in the background -------------------------------------------------------------
+st.subheader("How far can we go?")
+curves = state.curve_store()
+key = (variant.id, method, criterion if structured else scope, exempt)
+c1, c2 = st.columns(2)
+with c1:
+    if key in curves:
+        pts = curves[key]
+        st.plotly_chart(charts.curve_with_marker(
+            [100 * a for a, _ in pts], [100 * b for _, b in pts], ratio_pct if not structured else 100 * ratio,
+            100 * acc, "Accuracy against pruning ratio (no fine-tuning)", "pruning ratio", "eval accuracy (%)",
+            name=METHODS[method]), key="prune_curve")
+    else:
+        state.start_analysis(key, f"curve {method}", lambda j: (
+            structured_curve(model, data.eval, criterion, j.report, j.should_stop, calib) if structured else
+            pruning_curve(model, data.eval, method, scope, exempt, j.report, j.should_stop,
+                          data=calib if method == "gradient" else None)))
+        st.info("Computing the accuracy-against-ratio curve in the background…")
+with c2:
+    st.plotly_chart(charts.curve_with_marker(
+        [t for t, _ in agp_curve(ratio, 100)], [100 * s for _, s in agp_curve(ratio, 100)], None, None,
+        f"Gradual pruning (AGP) to {ratio_pct} %", "training progress (% of steps)", "sparsity (%)",
+        name="AGP schedule", x_is_percent=True), key="prune_agp")
+    st.latex(r"s_t = s_f + (s_i - s_f)\left(1 - \tfrac{t}{n}\right)^3")
+
+skey = ("sensitivity", variant.id)
+if skey in curves:
+    sens = curves[skey]
+    fig = charts.curve_with_marker([], [], None, None, "Sensitivity: prune one layer alone", "sparsity of that layer",
+                                   "eval accuracy (%)",
+                                   extra={n: ([100 * a for a, _ in pts], [100 * b for _, b in pts])
+                                          for n, pts in sens.items()})
+    st.plotly_chart(fig, key="prune_sensitivity")
+else:
+    job = state.analysis_job(skey)
+    if job is not None and job.active:
+        last = job.latest() or {}
+        st.progress(last.get("done", 0) / max(1, last.get("total", 1)), text="Per-layer sensitivity…")
+    elif st.button("Compute per-layer sensitivity (about a minute)", icon=":material/monitoring:"):
+        state.start_analysis(skey, "sensitivity", lambda j: sensitivity_curves(model, data.eval, j.report,
+                                                                               j.should_stop))
+        st.rerun()
+
+# --- keep or fine-tune -------------------------------------------------------------------------------------
+st.subheader("Keep it")
+technique = "filter-pruned" if structured else "pruned"
+settings = ({"criterion": criterion, "ratio": ratio} if structured else
+            {"method": method, "scope": scope, "amount": ratio, "exempt": "first+last" if exempt else "none"})
+k1, k2, k3 = st.columns([1, 1, 2])
+if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"):
+    with st.spinner("Measuring size, accuracy and CPU latency…"):
+        v = measure_variant(pruned, technique, settings, variant, name=f"{variant.name.split(' (')[0]} "
+                            f"{technique} {ratio_pct}%", eval_set=data.eval,
+                            test_set=data.test if data.full else None, latency=True)
+    state.add_variant(v)
+    st.success(f"Kept “{v.name}”: {accuracy(v.metrics.eval_accuracy)}, {v.metrics.compression_ratio:.1f}× smaller "
+               "(packed). Find it on Compare & Download or pick it as the model in hand.")
+epochs = k2.number_input("Fine-tune epochs", 1, 50, 1, key="prune_ft_epochs")
+if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
+    state.submit("prune_ft", f"Fine-tune {technique} {ratio_pct}%", lambda j: finetune_variant(
+        variant, pruned, technique, settings, epochs, data.train, data.eval, j.report, j.should_stop,
+        name=f"{variant.name.split(' (')[0]} {technique} {ratio_pct}% + FT{epochs}"))
+
+
+@st.fragment(run_every=1.0)
+def finetune_progress():
+    job = state.job("prune_ft")
+    if job is None:
+        return
+    events = [e for e in job.snapshot() if e.get("phase") == "finetune"]
+    if job.active:
+        last = events[-1] if events else {}
+        st.progress(last.get("step", 0) / max(1, last.get("total_steps", 1)),
+                    text=f"{job.title} — place {state.job_queue().position(job)} in queue" if job.status == "queued"
+                    else job.title)
+        if st.button("Stop fine-tuning", key="stop_ft"):
+            state.job_queue().cancel(job)
+    elif job.status == DONE:
+        state.collect_finished_jobs()
+        st.success(f"Fine-tuned: “{job.result.name}” recovered to {accuracy(job.result.metrics.eval_accuracy)} "
+                   "and joined the variants.")
+    elif job.status == FAILED:
+        st.error(f"Fine-tuning failed: {job.error}")
+    if events:
+        st.plotly_chart(charts.training_curves(events, "Recovery during fine-tuning"), key="ft_curve")
+
+
+with k3:
+    finetune_progress()

@@ -1,0 +1,39 @@
+"""Results the pages ask for again and again, cached by what they depend on.
+
+Models are keyed by variant id (a variant's model never changes) and passed as `_model` so Streamlit
+does not try to hash them. Cached models are shared: copy before modifying (the library always does).
+"""
+from __future__ import annotations
+
+import streamlit as st
+from torch import nn
+
+from compression import prune as P
+from compression import structured as S
+from compression.data import ImageSet
+from compression.train import evaluate
+
+
+@st.cache_resource(max_entries=8, show_spinner="Computing ∂L/∂w on a few batches…")
+def gradient_scores(variant_id: str, exempt: tuple[str, ...], _model: nn.Module, _data: ImageSet):
+    return P.importance_scores(_model, "gradient", exempt, _data)
+
+
+@st.cache_resource(max_entries=48, show_spinner=False)
+def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
+                 _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
+    scores = gradient_scores(variant_id, exempt, _model, _calib) if method == "gradient" else None
+    pruned = P.prune(_model, amount, method, scope, exempt=exempt, scores=scores)
+    return pruned, evaluate(pruned, _eval).accuracy
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module, _eval: ImageSet,
+               _calib: ImageSet) -> tuple[nn.Module, float]:
+    pruned = S.prune_filters(_model, ratio, criterion, calib=_calib)
+    return pruned, evaluate(pruned, _eval).accuracy
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def accuracy(variant_id: str, _model: nn.Module, _eval: ImageSet) -> float:
+    return evaluate(_model, _eval).accuracy

@@ -1,0 +1,97 @@
+"""The sidebar on every page: the model in hand, the data in use, and background jobs."""
+from __future__ import annotations
+
+import streamlit as st
+
+from compression import data as D
+from compression.worker import RUNNING
+
+from . import state
+from .format import accuracy, kib
+
+
+def render() -> None:
+    for v in state.collect_finished_jobs():
+        st.toast(f"“{v.name}” joined the variants.")
+    with st.sidebar:
+        model_in_hand()
+        st.divider()
+        data_picker()
+        jobs()
+
+
+def model_in_hand() -> None:
+    book = state.book()
+    st.subheader("Model in hand")
+    if not len(book):
+        st.error("No model is available: the pretrained weights in assets/ are missing. "
+                 "Train one on the Train page, or upload one on Compare & Download.")
+        return
+    ids = [v.id for v in book]
+    current = state.current()
+    labels = {v.id: f"{v.name} · {accuracy(v.metrics.eval_accuracy)}" for v in book}
+    choice = st.selectbox("Model in hand", ids, index=ids.index(current.id), format_func=labels.get,
+                          label_visibility="collapsed", key="model_in_hand_select")
+    if choice != current.id:
+        state.set_current(choice)
+        current = state.current()
+    m = current.metrics
+    st.markdown(f"**{accuracy(m.eval_accuracy)}** eval accuracy  \n**{kib(m.bytes_packed)}** packed, "
+                f"{m.compression_ratio:.1f}× smaller than fp32")
+    st.caption(f"{current.recipe} · sparsity {100 * m.sparsity:.1f} % · "
+               f"{m.nonzero_params:,} nonzero of {m.params:,} parameters")
+
+
+def data_picker() -> None:
+    st.subheader("Data")
+    found = D.has_cifar10(D.resolve_root())
+    options = [state.SAMPLE, state.FULL, state.FOLDER]
+    st.radio("Data in use", options, key="data_choice", label_visibility="collapsed",
+             help="Live accuracy always uses the same 1,000 bundled test images (the eval subset), so every "
+                  "laptop in the class sees the same numbers. Training and the full test set use this choice.")
+    choice = state.data_choice()
+    if choice == state.FULL and not found:
+        st.info(f"CIFAR-10 is not in {D.resolve_root()} yet (163 MB download).")
+        download_button()
+    if choice == state.FOLDER:
+        st.text_input("Folder holding cifar-10-batches-py/", key="data_folder",
+                      placeholder="/path/to/cifar10")
+    st.session_state.pop("data_error", None)
+    data = state.data_in_use()
+    error = st.session_state.get("data_error")
+    if error and choice != state.SAMPLE:
+        st.error(f"{error}\n\nUsing the bundled sample meanwhile.")
+    st.caption(f"In use: {data.label} — {len(data.train):,} training, {len(data.test):,} test images.")
+
+
+def download_button() -> None:
+    job = state.job("download")
+    if job is not None and job.active:
+        last = job.latest() or {}
+        done, total = last.get("done", 0), last.get("total", 0) or 170_498_071
+        st.progress(min(1.0, done / total), text=f"Downloading… {done / 1e6:.0f} of {total / 1e6:.0f} MB")
+        return
+    if job is not None and job.error:
+        st.error(f"Download failed: {job.error}")
+    if st.button("Download CIFAR-10", icon=":material/download:", width="stretch"):
+        root = D.resolve_root()
+        state.submit("download", "Download CIFAR-10",
+                     lambda j: D.download_cifar10(root, progress=lambda d, t: j.report(done=d, total=t)),
+                     queue=state.analysis_queue())
+        st.rerun()
+
+
+def jobs() -> None:
+    mine = [j for j in state.job_queue().jobs(state.owner()) if j.active]
+    if not mine:
+        return
+    st.divider()
+    st.subheader("Running")
+    q = state.job_queue()
+    for j in mine:
+        if j.status == RUNNING:
+            last = j.latest() or {}
+            pct = last.get("step", 0) / max(1, last.get("total_steps", 1))
+            st.progress(min(1.0, pct), text=f"{j.title}: {100 * pct:.0f} %")
+        else:
+            st.caption(f"{j.title}: waiting, place {q.position(j)} in the queue")

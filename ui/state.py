@@ -1,0 +1,222 @@
+"""What the pages share: cached data and models (server-wide, read-only), the session's variants and
+model in hand, the data in use, and the background jobs. Streamlit lives here and in pages/ only."""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from compression import data as D
+from compression.files import ModelFileError, load_model
+from compression.metrics import measure
+from compression.variant import Variant, VariantBook
+from compression.worker import CANCELLED, DONE, Job, JobQueue
+
+ASSETS = Path(os.environ.get("PLAYGROUND_ASSETS") or Path(__file__).resolve().parent.parent / "assets")
+PRETRAINED = ("resnet20", "resnet8")
+SAMPLE, FULL, FOLDER = "Bundled sample (offline)", "Full CIFAR-10", "Local folder"
+
+
+# --- server-wide, shared by every session (read-only) ---------------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def job_queue() -> JobQueue:
+    """Training, fine-tuning and distillation: one at a time on a small machine, in order."""
+    return JobQueue(workers=int(os.environ.get("PLAYGROUND_WORKERS", "1")))
+
+
+@st.cache_resource(show_spinner=False)
+def analysis_queue() -> JobQueue:
+    """Short analyses (accuracy curves, sensitivity) and downloads: never stuck behind training."""
+    return JobQueue(workers=1)
+
+
+def job_threads() -> int:
+    """Torch threads for background jobs: leave one core to the page so sliders stay quick."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@st.cache_resource(show_spinner="Loading the bundled sample images…")
+def sample_splits() -> tuple[D.ImageSet, D.ImageSet]:
+    return D.load_sample()
+
+
+@st.cache_resource(show_spinner=False)
+def eval_set() -> D.ImageSet:
+    return D.eval_subset(sample_splits()[1])
+
+
+@st.cache_resource(show_spinner="Reading CIFAR-10…")
+def full_splits(root: str) -> tuple[D.ImageSet, D.ImageSet]:
+    return D.load_cifar10(root, "train"), D.load_cifar10(root, "test")
+
+
+@st.cache_resource(show_spinner="Loading the pretrained models…")
+def pretrained_variants() -> dict[str, Variant]:
+    """The shipped models as variants. Their models are shared by every session: never modify them."""
+    import json
+
+    out = {}
+    for name in PRETRAINED:
+        path = ASSETS / f"{name}.safetensors"
+        if not path.exists():
+            continue
+        model, _ = load_model(path)
+        card = json.loads(path.with_suffix(".json").read_text())
+        metrics = measure(model, eval_set=eval_set())
+        metrics.test_accuracy = card.get("test_accuracy")
+        out[name] = Variant(f"{name} (pretrained)", model, "pretrained",
+                            {"arch": name, "epochs": card.get("epochs"), "card": f"assets/{name}.json"},
+                            metrics=metrics, id=f"pretrained-{name}")
+    return out
+
+
+# --- per session ---------------------------------------------------------------------------------------
+
+def book() -> VariantBook:
+    if "book" not in st.session_state:
+        b = VariantBook()
+        for v in pretrained_variants().values():
+            b.add(v)
+        st.session_state.book = b
+        st.session_state.current = next(iter(b)).id if len(b) else None
+    return st.session_state.book
+
+
+def owner() -> str:
+    if "owner" not in st.session_state:
+        st.session_state.owner = uuid.uuid4().hex[:12]
+    return st.session_state.owner
+
+
+def current() -> Variant | None:
+    b = book()
+    v = b.get(st.session_state.get("current"))
+    if v is None and len(b):
+        v = next(iter(b))
+        st.session_state.current = v.id
+    return v
+
+
+def set_current(variant_id: str) -> None:
+    st.session_state.current = variant_id
+
+
+def add_variant(variant: Variant, make_current: bool = False) -> Variant:
+    book().add(variant)
+    if make_current:
+        set_current(variant.id)
+    return variant
+
+
+# --- data in use -----------------------------------------------------------------------------------------
+
+@dataclass
+class DataInUse:
+    label: str
+    train: D.ImageSet
+    test: D.ImageSet          # the test split in use (sample: 2,000 images; full: 10,000)
+    full: bool                # full test set available
+
+    @property
+    def eval(self) -> D.ImageSet:
+        return eval_set()
+
+
+def data_choice() -> str:
+    return st.session_state.get("data_choice", SAMPLE)
+
+
+def data_root() -> str:
+    if data_choice() == FOLDER:
+        return st.session_state.get("data_folder", "")
+    return str(D.resolve_root())
+
+
+def data_in_use() -> DataInUse:
+    """The data the session picked, falling back to the bundled sample (with a message) if it fails."""
+    choice = data_choice()
+    if choice in (FULL, FOLDER):
+        root = data_root()
+        try:
+            train, test = full_splits(root)
+            return DataInUse(f"CIFAR-10 ({root})", train, test, True)
+        except D.DataError as exc:
+            st.session_state.data_error = str(exc)
+    train, test = sample_splits()
+    return DataInUse("bundled sample", train, test, False)
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+
+def submit(kind: str, title: str, fn, queue: JobQueue | None = None) -> Job:
+    """Start `fn(job)` in the background for this session, remembering it under `kind`."""
+    q = queue or job_queue()
+    job = q.submit(title, fn, owner=owner(), kind=kind, threads=job_threads())
+    st.session_state.setdefault("jobs", {})[kind] = job
+    return job
+
+
+def job(kind: str) -> Job | None:
+    return st.session_state.get("jobs", {}).get(kind)
+
+
+def collect_finished_jobs() -> list[Variant]:
+    """Add the variants that finished jobs produced (once each)."""
+    added = []
+    for j in list(st.session_state.get("jobs", {}).values()):
+        if j.status in (DONE, CANCELLED) and not j.collected and j.result is not None:
+            results = j.result if isinstance(j.result, list) else [j.result]
+            for r in results:
+                if isinstance(r, Variant):
+                    add_variant(r)
+                    added.append(r)
+            j.collected = True
+    return added
+
+
+def torch_threads_for_pages() -> None:
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+__all__ = ["ModelFileError"]
+
+
+# --- analyses computed once per server in the background ----------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def curve_store() -> dict:
+    """Finished analyses (accuracy curves, sensitivity), keyed by (variant id, settings…)."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False)
+def _analysis_jobs() -> dict:
+    return {}
+
+
+def analysis_job(key) -> Job | None:
+    return _analysis_jobs().get(key)
+
+
+def start_analysis(key, title: str, fn) -> Job:
+    """Run `fn(job)` once per key on the analysis queue; its result lands in curve_store()[key]."""
+    jobs = _analysis_jobs()
+    existing = jobs.get(key)
+    if existing is not None and (existing.active or existing.status == DONE):
+        return existing
+    store = curve_store()
+
+    def run(job: Job):
+        result = fn(job)
+        if not job.should_stop():
+            store[key] = result
+        return result
+
+    job = analysis_queue().submit(title, run, owner=owner(), kind="analysis", threads=job_threads())
+    jobs[key] = job
+    return job
