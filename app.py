@@ -9,6 +9,10 @@ PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("pages/quantize.py", title="Quantize", icon=":material/grain:"),
+    st.Page("pages/distill.py", title="Distill", icon=":material/school:"),
+    st.Page("pages/share.py", title="Weight sharing", icon=":material/hub:"),
+    st.Page("pages/pipeline.py", title="Pipelines", icon=":material/account_tree:"),
     st.Page("pages/compare.py", title="Compare & Download", icon=":material/leaderboard:"),
 ]
 

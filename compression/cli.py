@@ -70,6 +70,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    root = D.resolve_root(args.data)
+    if D.has_cifar10(root) and not args.force:
+        print(f"CIFAR-10 is already in {D.batches_dir(root)}")
+        return 0
+
+    def progress(done: int, total: int) -> None:
+        if total:
+            print(f"\r{done / 1e6:6.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+
+    folder = D.download_cifar10(root, progress)
+    print(f"\nunpacked into {folder}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     model, meta = load_model(args.model, args.arch)
     if args.sample:
@@ -334,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     data_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("download", help="download the official CIFAR-10 archive, check its md5 and unpack it")
+    p.add_argument("--data", help="folder to put cifar-10-batches-py/ in (default: $CIFAR10_ROOT or ./data)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("evaluate", help="accuracy of a model file on the CIFAR-10 test set")
     p.add_argument("model", help="a .safetensors or packed model file")

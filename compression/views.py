@@ -67,3 +67,9 @@ def mask_matrix(model: nn.Module, name: str) -> np.ndarray:
 
 def distinct_values(model: nn.Module, name: str) -> int:
     return int(torch.unique(layer_weight(model, name)).numel())
+
+
+def distinct_per_channel(model: nn.Module, name: str) -> int:
+    """The largest number of distinct values in any one output channel (filter) of the layer."""
+    w = layer_weight(model, name)
+    return max(int(torch.unique(row).numel()) for row in w.reshape(w.shape[0], -1))

@@ -22,7 +22,12 @@ def assets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("assets")
     torch.manual_seed(0)
     for arch in ("resnet20", "resnet8"):
-        save_model(create_model(arch), folder / f"{arch}.safetensors")
+        model = create_model(arch)
+        with torch.no_grad():               # confident, varied answers (as a trained model gives)
+            for block in (m for m in model.modules() if hasattr(m, "bn2")):
+                block.bn2.weight.fill_(1.0)
+            model.fc.weight.mul_(40)
+        save_model(model, folder / f"{arch}.safetensors")
         (folder / f"{arch}.json").write_text(json.dumps({"arch": arch, "epochs": 0, "test_accuracy": 0.1}))
     return folder
 
@@ -175,3 +180,91 @@ def test_missing_data_folder_is_a_message_and_the_sample_stays(app, tmp_path):
     assert not app.exception
     assert any("no CIFAR-10 folder" in e.value for e in app.sidebar.error)
     assert any("bundled sample" in c.value for c in app.sidebar.caption)
+
+
+# --- part 2: quantize, distill, weight sharing, pipelines, lesson links ----------------------------------
+
+def test_bits_slider_bounds_the_distinct_weight_values(app):
+    goto(app, "quantize")
+    for bits in (2, 3, 5):
+        app.select_slider(key="quantize_bits").set_value(bits).run()
+        assert not app.exception
+        per_filter = int(metric(app, "Distinct values per filter").replace(",", ""))
+        assert per_filter <= 2 ** bits
+    app.radio(key="quantize_granularity").set_value("per-tensor").run()
+    assert int(metric(app, "Distinct values in the layer").replace(",", "")) <= 2 ** 5
+
+
+def test_activation_quantization_and_reduced_floats_render(app):
+    goto(app, "quantize")
+    app.radio(key="quantize_what").set_value("weights + activations").run()
+    app.slider(key="quantize_abits").set_value(4).run()
+    assert not app.exception
+    app.select_slider(key="quantize_bits").set_value("bf16").run()
+    assert not app.exception and metric(app, "Eval accuracy") != "—"
+
+
+def test_temperature_raises_the_entropy_of_the_teachers_answer(app):
+    goto(app, "distill")
+    entropies = []
+    for t in (1.0, 4.0, 10.0):
+        app.slider(key="distill_T").set_value(t).run()
+        assert not app.exception
+        entropies.append(float(metric(app, "Entropy of the teacher's answer").split()[0]))
+    assert entropies == sorted(entropies) and entropies[0] < entropies[-1]
+
+
+def test_clusters_slider_bounds_the_distinct_values(app):
+    from compression.views import distinct_values, layer_names
+    from ui import cached
+
+    goto(app, "share")
+    for k in (4, 16):
+        app.select_slider(key="share_k").set_value(k).run()
+        assert not app.exception
+        variant = app.session_state["book"].get(app.session_state["current"])
+        shared, _ = cached.shared(variant.id, k, variant.model, None)
+        for name in layer_names(shared):
+            assert distinct_values(shared, name) <= k + 1     # k centroids, and zero if pruned
+
+
+def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
+    goto(app, "pipeline")
+    app.slider(key="pipeline_sparsity").set_value(80).run()
+    app.number_input(key="pipeline_ft").set_value(0).run()
+    next(b for b in app.button if b.label.startswith("Run Deep Compression")).click().run()
+    job = app.session_state["jobs"]["pipeline"]
+    deadline = time.time() + 300
+    while job.active and time.time() < deadline:
+        time.sleep(1)
+    assert job.status == "done", job.error
+    goto(app, "compare")
+    names = list(app.dataframe[0].value["name"])
+    assert any("DC pruned 80%" in n for n in names) and any("shared k=16" in n for n in names)
+
+
+def test_a_lesson_link_restores_the_page(assets, monkeypatch):
+    from streamlit.runtime.pages_manager import PagesManager
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+    monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.query_params.update({"bits": "3", "granularity": "per-channel", "mode": "asymmetric"})
+    at.switch_page("pages/quantize.py").run()
+    assert not at.exception
+    assert at.select_slider(key="quantize_bits").value == 3
+    assert at.radio(key="quantize_granularity").value == "per-channel"
+    assert at.radio(key="quantize_mode").value == "asymmetric"
+    assert at.query_params["bits"] == ["3"] or at.query_params["bits"] == "3"   # the URL mirrors the page
+
+
+def test_a_bad_lesson_link_falls_back_to_defaults(app):
+    app.query_params.update({"bits": "banana", "ratio": "250"})
+    goto(app, "quantize")
+    assert app.select_slider(key="quantize_bits").value == 8

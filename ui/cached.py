@@ -37,3 +37,25 @@ def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module,
 @st.cache_resource(max_entries=16, show_spinner=False)
 def accuracy(variant_id: str, _model: nn.Module, _eval: ImageSet) -> float:
     return evaluate(_model, _eval).accuracy
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def shared(variant_id: str, k: int, _model: nn.Module, _eval: ImageSet) -> tuple[nn.Module, float]:
+    from compression.share import cluster_weights
+
+    model = cluster_weights(_model, k)
+    return model, evaluate(model, _eval).accuracy
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
+              _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
+    """bits: 1..8 or "fp16"/"bf16"; a_bits: None (weights only) or 1..8 (activations calibrated)."""
+    from compression import quantize as Q
+
+    if bits in Q.FLOAT_FORMATS:
+        model = Q.to_reduced_float(_model, bits, activations=a_bits is not None)
+    else:
+        model = Q.quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
+                                 per_channel=per_channel, a_method=method, batches=2)
+    return model, evaluate(model, _eval).accuracy

@@ -68,11 +68,11 @@ def curve_with_marker(xs, ys, here_x, here_y, title, x, y, name="one-shot", x_is
     return fig
 
 
-def training_curves(events: list[dict], title="Training", second=None) -> go.Figure:
+def training_curves(events: list[dict], title="Training", second=None, label="") -> go.Figure:
     """Loss (left axis) and accuracy (right axis) against epoch from TrainEvent dicts.
     `second`: (label, events) of another run to draw dashed, for side-by-side comparisons."""
     fig = go.Figure()
-    runs = [("", events, "solid")] + ([(second[0], second[1], "dash")] if second else [])
+    runs = [(label, events, "solid")] + ([(second[0], second[1], "dash")] if second else [])
     for label, evs, dash in runs:
         evs = [e for e in evs if "epoch" in e and e.get("kind") in ("step", "epoch", "done")]
         if not evs:

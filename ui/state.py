@@ -220,3 +220,11 @@ def start_analysis(key, title: str, fn) -> Job:
     job = analysis_queue().submit(title, run, owner=owner(), kind="analysis", threads=job_threads())
     jobs[key] = job
     return job
+
+
+@st.cache_resource(show_spinner=False)
+def gallery() -> D.ImageSet:
+    """One eval-subset image per class, for the distillation temperature slider."""
+    ev = eval_set()
+    index = torch.stack([torch.nonzero(ev.labels == c).flatten()[0] for c in range(len(D.CLASSES))])
+    return ev.subset(index, "gallery")
