@@ -173,3 +173,21 @@ def measure(model: nn.Module, *, reference_bytes: int | None = None, eval_set: I
         m.latency_b1_ms = latency_ms(model, 1, repeats=20)
         m.latency_b256_ms = latency_ms(model, 256, repeats=5)
     return m
+
+
+@torch.no_grad()
+def compare_latency(models: dict[str, nn.Module], batch_size: int = 256, repeats: int = 7,
+                    warmup: int = 2) -> dict[str, float]:
+    """Median forward time (ms) of each model at `batch_size`, timed in turn within one loop so that
+    a noisy machine slows them all alike. Compare ratios, not absolute numbers."""
+    x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    for m in models.values():
+        m.eval()
+    times = {name: [] for name in models}
+    for i in range(warmup + repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}

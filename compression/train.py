@@ -226,21 +226,26 @@ class EvalResult:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250,
                    device: torch.device | str | None = None) -> torch.Tensor:
-    """Logits for uint8 images (N, 3, 32, 32), in eval mode, on the model's device."""
+    """Logits for uint8 images (N, 3, 32, 32), in eval mode, on the model's device.
+
+    On the CPU the batch goes in channels-last (NHWC): oneDNN's convolutions run about a third faster
+    that way. Every accuracy in the project is computed through here, so all see the same numbers."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = to_float(images[i:i + batch_size].to(device))
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
 
 
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500, device=None,
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 250, device=None,
              num_classes: int = 10) -> EvalResult:
     """Accuracy, per-class accuracy, confusion matrix and mean cross-entropy on `data`."""
     logits = predict_logits(model, data.images, batch_size, device)
