@@ -18,4 +18,7 @@ PAGES = [
 
 page = st.navigation(PAGES)
 sidebar.render()
-page.run()
+try:
+    page.run()
+except Exception as exc:  # the last safety net: a message, never a traceback; the session keeps everything
+    sidebar.show_page_error(exc)

@@ -84,7 +84,7 @@ def structured_curve(model: nn.Module, eval_set: ImageSet, criterion: str, repor
 
 def sensitivity_curves(model: nn.Module, eval_set: ImageSet, report: Report, stop: Stop,
                        method: str = "magnitude") -> dict:
-    return sensitivity(model, eval_set, method=method, progress=lambda i, n: report(done=i, total=n))
+    return sensitivity(model, eval_set, method=method, progress=lambda i, n: report(done=i, total=n), stop=stop)
 
 
 def distill_vs_plain(student_arch: str, student_width: float, start: Variant | None, teacher: Variant,

@@ -313,6 +313,15 @@ def packed_breakdown(model: nn.Module) -> list[dict]:
     return rows
 
 
+def packed_summary(rows: list[dict]) -> dict:
+    """Totals of packed_breakdown() rows: file bytes, weight bytes, nonzero weights, bits per nonzero."""
+    weights = [r for r in rows if r["params"]]
+    nonzero = sum(r["nonzero"] for r in weights)
+    weight_bytes = sum(r["total_bytes"] for r in weights)
+    return {"total_bytes": sum(r["total_bytes"] for r in rows), "weight_bytes": weight_bytes,
+            "nonzero": nonzero, "bits_per_nonzero": 8 * weight_bytes / max(1, nonzero)}
+
+
 def fixed_width_bytes(model: nn.Module) -> int:
     """The packed size if every Huffman-coded stream used fixed-width codes instead: 8 bits per gap
     symbol and ceil(log2 k) bits per codebook index. The difference is what Huffman coding saves."""

@@ -215,6 +215,11 @@ def sparsity(model: nn.Module, exempt: Iterable[str] = ()) -> float:
     return zeros / max(1, total)
 
 
+def count_nonzero(model: nn.Module, exempt: Iterable[str] = ()) -> int:
+    """Nonzero weights in the prunable layers."""
+    return sum(int((m.weight != 0).sum()) for m in prunable_layers(model, exempt).values())
+
+
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of zeros in each Conv2d / Linear weight, by layer name."""
     return {name: float((m.weight == 0).float().mean()) for name, m in prunable_layers(model).items()}

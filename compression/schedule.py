@@ -137,12 +137,15 @@ def accuracy_vs_sparsity(model: nn.Module, eval_set: ImageSet, amounts: Iterable
 
 def sensitivity(model: nn.Module, eval_set: ImageSet, amounts: Iterable[float] = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95),
                 method: str = "magnitude", layers: Iterable[str] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, list[tuple[float, float]]]:
+                progress: Callable[[int, int], None] | None = None,
+                stop: Callable[[], bool] | None = None) -> dict[str, list[tuple[float, float]]]:
     """For each layer alone: (sparsity, accuracy) after pruning only that layer, everything else dense."""
     names = list(layers) if layers is not None else list(prunable_layers(model))
     amounts = list(amounts)
     curves = {}
     for i, name in enumerate(names):
+        if stop is not None and stop():
+            break
         others = [n for n in prunable_layers(model) if n != name]
         curves[name] = [(a, evaluate(prune(model, a, method, "layer", exempt=others), eval_set).accuracy)
                         for a in amounts]

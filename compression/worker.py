@@ -7,16 +7,19 @@ A job function receives its `Job`, reports progress with `job.report(...)` and c
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 _ids = itertools.count(1)
+_queues: "weakref.WeakSet[JobQueue]" = weakref.WeakSet()
 
 
 @dataclass(eq=False)
@@ -72,6 +75,7 @@ class JobQueue:
                          for i in range(workers)]
         for t in self._threads:
             t.start()
+        _queues.add(self)
 
     def submit(self, title: str, fn: Callable[[Job], Any], owner: str = "", kind: str = "",
                threads: int | None = None) -> Job:
@@ -113,6 +117,16 @@ class JobQueue:
             time.sleep(0.02)
         return True
 
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Stop every job (running ones between steps) and wait for the running ones to end."""
+        for job in self.jobs():
+            if job.active:
+                self.cancel(job)
+        end = time.time() + timeout
+        while self.running() and time.time() < end:
+            time.sleep(0.05)
+        return not self.running()
+
     def _work(self) -> None:
         while True:
             job = self._queue.get()
@@ -145,3 +159,11 @@ def friendly_error(exc: BaseException) -> str:
         return f"Training diverged: {exc}."
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return message
+
+
+@atexit.register
+def shutdown_all(timeout: float = 30.0) -> None:
+    """At exit, stop every queue's jobs first: a worker thread killed inside a torch kernel aborts the
+    whole process ("terminate called without an active exception")."""
+    for q in list(_queues):
+        q.shutdown(timeout)

@@ -2,7 +2,8 @@ import streamlit as st
 
 from compression import structured as S
 from compression.jobs import finetune_variant, pruning_curve, sensitivity_curves, structured_curve
-from compression.prune import FIRST_AND_LAST, layer_sparsity
+from compression.metrics import count_macs, count_params
+from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, sparsity
 from compression.schedule import agp_curve
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
@@ -75,7 +76,6 @@ sp_before, sp_after = layer_sparsity(model), layer_sparsity(pruned)
 m = st.columns(4)
 m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt", delta_color="normal")
 if structured:
-    from compression.metrics import count_macs, count_params
     p0, p1 = count_params(model)[0], count_params(pruned)[0]
     mac0, mac1 = count_macs(model)[0], count_macs(pruned)[0]
     m[1].metric("Parameters", f"{p1:,}", f"{100 * (p1 / p0 - 1):+.0f} %", delta_color="inverse")
@@ -83,10 +83,8 @@ if structured:
     m[3].metric("Channels kept", f"{sum(S.channel_counts(pruned).values()):,}",
                 f"of {sum(S.channel_counts(model).values()):,}", delta_color="off")
 else:
-    from compression.prune import sparsity
     m[1].metric("Sparsity (prunable layers)", f"{100 * sparsity(pruned, exempt):.1f} %")
-    nz = sum(int((w != 0).sum()) for w in (layer_weight(pruned, n) for n in layer_names(pruned)))
-    m[2].metric("Nonzero weights", f"{nz:,}")
+    m[2].metric("Nonzero weights", f"{count_nonzero(pruned):,}")
     m[3].metric("Accuracy before", accuracy(before_acc))
 
 names = layer_names(model)

@@ -1,13 +1,13 @@
 import streamlit as st
 
 from compression.jobs import centroid_finetune
-from compression.packed import packed_breakdown
+from compression.packed import packed_breakdown, packed_summary
 from compression.share import codebooks
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, weight_range
 from compression.worker import DONE, FAILED
 from ui import cached, charts, lesson, state
-from ui.format import accuracy, kib
+from ui.format import accuracy, kib, ratio
 
 CLUSTERS = [2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -35,17 +35,15 @@ shared, acc = cached.shared(variant.id, k, variant.model, data.eval)
 before_acc = cached.accuracy(variant.id, variant.model, data.eval)
 breakdown = packed_breakdown(shared)
 weights = [r for r in breakdown if r["params"]]
-nonzero = sum(r["nonzero"] for r in weights)
-weight_bytes = sum(r["total_bytes"] for r in weights)
-total = sum(r["total_bytes"] for r in breakdown)
+summary = packed_summary(breakdown)
+total = summary["total_bytes"]
 
 m = st.columns(4)
 m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt")
-m[1].metric("Bits per nonzero weight", f"{8 * weight_bytes / max(1, nonzero):.2f}",
+m[1].metric("Bits per nonzero weight", f"{summary['bits_per_nonzero']:.2f}",
             help="index + position + codebook, Huffman-coded, averaged over all conv/linear weights")
-m[2].metric("Packed size", kib(total), f"{variant.metrics.bytes_packed / max(1, total):.1f}× smaller than before",
-            delta_color="off")
-m[3].metric("Compression ratio vs dense fp32", f"{variant.metrics.reference_bytes / max(1, total):.1f}×")
+m[2].metric("Packed size", kib(total), f"was {kib(variant.metrics.bytes_packed)}", delta_color="off")
+m[3].metric("Compression ratio vs dense fp32", ratio(variant.metrics.reference_bytes / max(1, total)))
 
 names = layer_names(shared)
 left, right = st.columns([3, 2])

@@ -73,3 +73,20 @@ def test_a_failing_job_keeps_the_message_not_the_traceback():
     ok = q.submit("after", lambda job: 42)      # the worker survives a failure
     q.wait(ok, 5)
     assert ok.result == 42
+
+
+def test_shutdown_stops_running_jobs_between_steps():
+    q = JobQueue(workers=1)
+    steps = []
+
+    def endless(job):
+        while not job.should_stop():
+            steps.append(1)
+            time.sleep(0.01)
+
+    job = q.submit("endless", endless)
+    waiting = q.submit("waiting", lambda job: 1)
+    while not steps:
+        time.sleep(0.01)
+    assert q.shutdown(timeout=5)
+    assert job.status == CANCELLED and waiting.status == CANCELLED

@@ -11,6 +11,7 @@ from .format import accuracy, kib
 
 
 def render() -> None:
+    state.set_page_threads()
     for v in state.collect_finished_jobs():
         st.toast(f"“{v.name}” joined the variants.")
     with st.sidebar:
@@ -95,3 +96,12 @@ def jobs() -> None:
             st.progress(min(1.0, pct), text=f"{j.title}: {100 * pct:.0f} %")
         else:
             st.caption(f"{j.title}: waiting, place {q.position(j)} in the queue")
+
+
+def show_page_error(exc: Exception) -> None:
+    import logging
+
+    logging.getLogger("playground").exception("page failed")
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    st.error(f"This page could not finish: {message}\n\nNothing in your session was lost. Try other settings, or "
+             "pick another model in hand in the sidebar.")

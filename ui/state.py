@@ -179,8 +179,11 @@ def collect_finished_jobs() -> list[Variant]:
     return added
 
 
-def torch_threads_for_pages() -> None:
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+def set_page_threads() -> None:
+    """Torch threads for this script run: all cores, or all but the worker's while a job runs (two
+    thread teams on the same cores wait on each other and both crawl)."""
+    busy = bool(job_queue().running() or analysis_queue().running())
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - (job_threads() if busy else 0)))
 
 
 __all__ = ["ModelFileError"]
