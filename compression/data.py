@@ -142,8 +142,9 @@ def decode_jpegs(jpeg: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
-def load_sample(path: str | os.PathLike = SAMPLE_PATH) -> tuple[ImageSet, ImageSet]:
-    """The bundled offline sample (see assets/README.md): (train, test) ImageSets.
+def load_sample(path: str | os.PathLike = SAMPLE_PATH, splits: tuple[str, ...] = ("train", "test")):
+    """The bundled offline sample (see assets/README.md): (train, test) ImageSets, or one ImageSet
+    when `splits` names one split.
 
     5,000 training and 2,000 test images, stratified, stored as the JPEG bytes of the source copy.
     """
@@ -152,13 +153,12 @@ def load_sample(path: str | os.PathLike = SAMPLE_PATH) -> tuple[ImageSet, ImageS
         raise DataError(f"the bundled sample {path} is missing; restore it with git checkout -- {path}.")
     try:
         with np.load(path, allow_pickle=False) as z:
-            splits = [ImageSet(decode_jpegs(z[f"{s}_jpeg"], z[f"{s}_offsets"]),
-                               torch.from_numpy(z[f"{s}_labels"].astype(np.int64)), f"sample {s}")
-                      for s in ("train", "test")]
+            out = [ImageSet(decode_jpegs(z[f"{s}_jpeg"], z[f"{s}_offsets"]),
+                            torch.from_numpy(z[f"{s}_labels"].astype(np.int64)), f"sample {s}") for s in splits]
     except Exception as exc:
         raise DataError(f"{path} could not be read ({type(exc).__name__}: {exc}); "
                         f"restore it with git checkout -- {path}.") from None
-    return splits[0], splits[1]
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def stratified_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

@@ -82,8 +82,9 @@ if go:
     else:
         config = TrainConfig(epochs=epochs, lr=lr, label_smoothing=0.0)
         start = None if start_from == "new" else variants[start_from]
+        train_set = data.train
         state.submit("distill", "Distill a student", lambda j: distill_vs_plain(
-            arch, width, start, teacher, config, T, alpha, data.train, data.eval, j.report, j.should_stop))
+            arch, width, start, teacher, config, T, alpha, train_set, data.eval, j.report, j.should_stop))
 
 
 @st.fragment(run_every=1.0)

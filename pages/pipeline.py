@@ -52,11 +52,13 @@ if st.button(f"Run {kind} on “{variant.name}”", type="primary", icon=":mater
     if job is not None and job.active:
         st.warning("A pipeline of yours is already running.")
     elif kind == "Deep Compression":
+        train_set = data.train
         state.submit("pipeline", "Deep Compression", lambda j: run_pipeline(deep_compression(
-            variant, data.train, data.eval, sparsity / 100, k, ft, cft, stop=j.should_stop), j.report))
+            variant, train_set, data.eval, sparsity / 100, k, ft, cft, stop=j.should_stop), j.report))
     else:
+        train_set = data.train
         state.submit("pipeline", "Prune ↔ distill spiral", lambda j: run_pipeline(spiral(
-            variant, data.train, data.eval, rounds, final, epochs, T, stop=j.should_stop), j.report))
+            variant, train_set, data.eval, rounds, final, epochs, T, stop=j.should_stop), j.report))
 
 
 @st.fragment(run_every=1.0)

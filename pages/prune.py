@@ -178,8 +178,9 @@ if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"
                "(packed). Find it on Compare & Download or pick it as the model in hand.")
 epochs = k2.number_input("Fine-tune epochs", 1, 50, 1, key="prune_ft_epochs")
 if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
+    train_set = data.train
     state.submit("prune_ft", f"Fine-tune {technique} {ratio_pct}%", lambda j: finetune_variant(
-        variant, pruned, technique, settings, epochs, data.train, data.eval, j.report, j.should_stop,
+        variant, pruned, technique, settings, epochs, train_set, data.eval, j.report, j.should_stop,
         name=f"{variant.name.split(' (')[0]} {technique} {ratio_pct}% + FT{epochs}"))
 
 

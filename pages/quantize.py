@@ -123,13 +123,15 @@ if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"
     st.success(f"Kept “{v.name}”.")
 epochs = k2.number_input("QAT epochs", 1, 20, 1, key="quantize_qat_epochs", disabled=is_float)
 if k2.button(f"QAT {epochs} epoch(s)", icon=":material/tune:", disabled=is_float):
+    train_set = data.train
     state.submit("qat", f"QAT w{bits}", lambda j: qat_variant(
-        variant, bits, symmetric, per_channel, epochs, data.train, data.eval, j.report, j.should_stop,
+        variant, bits, symmetric, per_channel, epochs, train_set, data.eval, j.report, j.should_stop,
         a_bits=a_bits))
 k3.caption("Real int8 runs integer kernels (oneDNN through torch.compile): a first compile takes a minute.")
 if k3.button("Export real int8", icon=":material/memory:"):
+    train_set = data.train
     state.submit("int8", "Real int8", lambda j: int8_variant(
-        variant, data.train, data.eval, j.report, j.should_stop, test_set=data.test if data.full else None))
+        variant, train_set, data.eval, j.report, j.should_stop, test_set=data.test if data.full else None))
 
 
 @st.fragment(run_every=1.0)

@@ -69,8 +69,9 @@ if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"
     st.success(f"Kept “{v.name}”.")
 epochs = k2.number_input("Centroid fine-tune epochs", 1, 20, 1, key="share_epochs")
 if k2.button("Fine-tune the centroids", icon=":material/tune:"):
+    train_set = data.train
     state.submit("share_ft", f"Fine-tune centroids (k={k})", lambda j: centroid_finetune(
-        variant, k, epochs, data.train, data.eval, j.report, j.should_stop))
+        variant, k, epochs, train_set, data.eval, j.report, j.should_stop))
 
 
 @st.fragment(run_every=1.0)

@@ -62,7 +62,8 @@ def data_picker() -> None:
     error = st.session_state.get("data_error")
     if error and choice != state.SAMPLE:
         st.error(f"{error}\n\nUsing the bundled sample meanwhile.")
-    st.caption(f"In use: {data.label} — {len(data.train):,} training, {len(data.test):,} test images.")
+    n_train = len(data.train) if data.full else 5000
+    st.caption(f"In use: {data.label} — {n_train:,} training, {len(data.test):,} test images.")
 
 
 def download_button() -> None:

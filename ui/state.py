@@ -40,14 +40,19 @@ def job_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-@st.cache_resource(show_spinner="Loading the bundled sample images…")
-def sample_splits() -> tuple[D.ImageSet, D.ImageSet]:
-    return D.load_sample()
+@st.cache_resource(show_spinner=False)
+def sample_test() -> D.ImageSet:
+    return D.load_sample(splits=("test",))
+
+
+@st.cache_resource(show_spinner="Loading the bundled training images…")
+def sample_train() -> D.ImageSet:
+    return D.load_sample(splits=("train",))
 
 
 @st.cache_resource(show_spinner=False)
 def eval_set() -> D.ImageSet:
-    return D.eval_subset(sample_splits()[1])
+    return D.eval_subset(sample_test())
 
 
 @st.cache_resource(show_spinner="Reading CIFAR-10…")
@@ -118,9 +123,14 @@ def add_variant(variant: Variant, make_current: bool = False) -> Variant:
 @dataclass
 class DataInUse:
     label: str
-    train: D.ImageSet
     test: D.ImageSet          # the test split in use (sample: 2,000 images; full: 10,000)
     full: bool                # full test set available
+    _train: D.ImageSet | None = None
+
+    @property
+    def train(self) -> D.ImageSet:
+        """Training images: loaded only when a page needs them (the sample's are decoded on first use)."""
+        return self._train if self._train is not None else sample_train()
 
     @property
     def eval(self) -> D.ImageSet:
@@ -144,11 +154,10 @@ def data_in_use() -> DataInUse:
         root = data_root()
         try:
             train, test = full_splits(root)
-            return DataInUse(f"CIFAR-10 ({root})", train, test, True)
+            return DataInUse(f"CIFAR-10 ({root})", test, True, train)
         except D.DataError as exc:
             st.session_state.data_error = str(exc)
-    train, test = sample_splits()
-    return DataInUse("bundled sample", train, test, False)
+    return DataInUse("bundled sample", sample_test(), False)
 
 
 # --- jobs ------------------------------------------------------------------------------------------------
