@@ -220,6 +220,43 @@ def cmd_prune(args) -> int:
     return finish(args, measure_variant(model, technique, settings, base, name=f"{base.name} {technique}"), data)
 
 
+def cmd_quantize(args) -> int:
+    from . import quantize as Q
+    from .variant import measure_variant
+
+    data = Data(args)
+    base = load_variant(args.model, data, args.arch)
+    if args.int8:
+        from .jobs import int8_variant
+        variant = int8_variant(base, data.train, data.eval, lambda **kw: None, lambda: False, test_set=data.test)
+        if args.out:
+            Path(args.out).write_bytes(variant.artifacts["int8"])
+        info = {"name": variant.name, "settings": variant.settings, "out": args.out, **variant.metrics.to_dict()}
+        _print_json(info) if args.json else print(f"{variant.recipe}\n  eval accuracy "
+                                                  f"{variant.metrics.eval_accuracy:.4f}" + (f"\n  saved {args.out}"
+                                                                                          if args.out else ""))
+        return 0
+    symmetric, per_channel = args.mode == "symmetric", args.granularity == "per-channel"
+    bits = args.bits if args.bits in Q.FLOAT_FORMATS else int(args.bits)
+    if bits in Q.FLOAT_FORMATS:
+        model = Q.to_reduced_float(base.model, bits, activations=args.activation_bits is not None)
+        technique = "reduced-float"
+    elif args.qat_epochs:
+        from .schedule import finetune
+        model = Q.prepare_qat(base.model, bits, symmetric, per_channel, a_bits=args.activation_bits,
+                              calib=data.train if args.activation_bits else None, a_method=args.calibration)
+        run_quietly(finetune(model, data.train, args.qat_epochs, data.eval, lr=args.lr), args)
+        model, technique = Q.convert_qat(model), "QAT"
+    else:
+        model = Q.quantize_model(base.model, bits, args.activation_bits, data.train if args.activation_bits else None,
+                                 symmetric=symmetric, per_channel=per_channel, a_method=args.calibration)
+        technique = "quantized"
+    settings = {"bits": bits, "mode": args.mode, "granularity": args.granularity, "a_bits": args.activation_bits,
+                "calibration": args.calibration, "qat_epochs": args.qat_epochs}
+    return finish(args, measure_variant(model, technique, settings, base, name=f"{base.name} {technique} w{bits}"),
+                  data)
+
+
 def cmd_distill(args) -> int:
     from .distill import distill
     from .models import create_model
@@ -392,6 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=0)
     common(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("quantize", help="k-bit (1-8) or fp16/bf16 quantization, QAT, or real int8")
+    p.add_argument("model")
+    p.add_argument("--bits", default="8", choices=[str(b) for b in range(1, 9)] + ["fp16", "bf16"])
+    p.add_argument("--mode", choices=["symmetric", "asymmetric"], default="symmetric")
+    p.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel")
+    p.add_argument("--activation-bits", type=int, help="also quantize activations (calibrated) to this many bits")
+    p.add_argument("--calibration", choices=["minmax", "percentile", "mse"], default="minmax")
+    p.add_argument("--qat-epochs", type=float, default=0, help="quantization-aware training epochs")
+    p.add_argument("--int8", action="store_true", help="real int8 (PT2E); --out writes the .pt2 program")
+    common(p)
+    p.set_defaults(func=cmd_quantize, lr=0.01)
 
     p = sub.add_parser("distill", help="train a student to mimic a teacher (knowledge distillation)")
     p.add_argument("--teacher", required=True)

@@ -13,6 +13,12 @@ layouts is smallest (each size is known exactly before encoding anything):
                sparse  only nonzeros; their gaps are Huffman-coded
     values     raw     the values themselves, in the tensor's dtype
                codebook  the ≤ 256 distinct values (exact) + Huffman-coded indices
+               channel_codebook  one codebook per output channel (≤ 256 values each, their counts as
+                       uint16) + Huffman-coded indices into the value's own channel's codebook
+               grid    every value of output channel c is m · s_c for a small integer m: what uniform
+                       quantization produces (ŵ = (q − z)·s). Stores s_c (float32) and the least m of each
+                       channel (int16), then m − m_min Huffman-coded; float32(m) · s_c reproduces each
+                       value bit for bit (checked when packing; otherwise another layout is used)
 
 Every other tensor (BN parameters and statistics, biases, num_batches_tracked) is stored raw.
 Values travel as their exact bit patterns, so a reloaded model gives the same logits bit for bit.
@@ -88,7 +94,13 @@ LAYOUTS = {   # (positions, values) -> payload segments, in order
     ("sparse", "raw"): ("gap_table", "gaps", "values"),
     ("dense", "codebook"): ("codebook", "index_table", "indices"),
     ("sparse", "codebook"): ("gap_table", "gaps", "codebook", "index_table", "indices"),
+    ("dense", "channel_codebook"): ("channel_counts", "codebook", "index_table", "indices"),
+    ("sparse", "channel_codebook"): ("gap_table", "gaps", "channel_counts", "codebook", "index_table", "indices"),
+    ("dense", "grid"): ("grid", "index_table", "indices"),
+    ("sparse", "grid"): ("gap_table", "gaps", "grid", "index_table", "indices"),
 }
+GRID = np.dtype([("scale", "<f4"), ("least", "<i2")])    # per output channel, 6 bytes
+MAX_GRID_SYMBOL = 4095
 
 
 # --- values as bit patterns --------------------------------------------------------------------------
@@ -153,7 +165,9 @@ class TensorPlan:
     gaps: np.ndarray | None = None       # gap symbols (sparse)
     gap_table: dict = field(default_factory=dict)
     codebook: np.ndarray | None = None   # distinct values (codebook), as bits
-    indices: np.ndarray | None = None    # index of each stored value in the codebook
+    indices: np.ndarray | None = None    # index of each stored value in the codebook (its channel's)
+    channel_counts: np.ndarray | None = None   # channel_codebook: codebook entries per output channel
+    grid: np.ndarray | None = None             # grid: (scale, least multiple) per output channel
     index_table: dict = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)   # segment -> bytes
 
@@ -167,7 +181,7 @@ class TensorPlan:
             d.update(positions=self.positions, values=self.values, stored=self.stored, bytes=self.sizes)
             if self.positions == "sparse":
                 d["gap_symbols"] = len(self.gaps)
-            if self.values == "codebook":
+            if self.values in ("codebook", "channel_codebook"):
                 d["codebook"] = len(self.codebook)
         return d
 
@@ -204,6 +218,26 @@ def plan_weight(name: str, weight: torch.Tensor) -> TensorPlan:
         sizes = {**(gap_sizes if positions == "sparse" else {}),
                  "codebook": codebook.nbytes, **index_sizes}
         options[(positions, "codebook")] = (sizes, (codebook, indices, index_table))
+    rows = weight.shape[0] if weight.dim() > 1 else 1
+    if rows > 1 and itemsize <= 4:
+        for positions, at in (("sparse", nonzero_at), ("dense", np.arange(bits.size))):
+            per_channel = channel_codebooks(bits[at], at // (bits.size // rows), rows)
+            if per_channel is None:
+                continue
+            counts, codebook, indices = per_channel
+            index_table, index_sizes = _huffman_sizes(indices, "index_table", "indices")
+            sizes = {**(gap_sizes if positions == "sparse" else {}), "channel_counts": counts.nbytes,
+                     "codebook": codebook.nbytes, **index_sizes}
+            options[(positions, "channel_codebook")] = (sizes, (codebook, indices, index_table, counts))
+    if rows > 1 and plan.dtype == "float32":
+        for positions, at in (("sparse", nonzero_at), ("dense", np.arange(bits.size))):
+            found = uniform_grid(bits[at].view("<f4"), at // (bits.size // rows), rows)
+            if found is None:
+                break
+            grid, symbols = found
+            index_table, index_sizes = _huffman_sizes(symbols, "index_table", "indices")
+            sizes = {**(gap_sizes if positions == "sparse" else {}), "grid": grid.nbytes, **index_sizes}
+            options[(positions, "grid")] = (sizes, (grid, symbols, index_table))
     layout = min(options, key=lambda k: sum(options[k][0].values()))   # ties: the simpler, listed first
     plan.positions, plan.values = layout
     plan.sizes = options[layout][0]
@@ -212,7 +246,72 @@ def plan_weight(name: str, weight: torch.Tensor) -> TensorPlan:
         plan.gaps, plan.gap_table = gaps, gap_table
     if plan.values == "codebook":
         plan.codebook, plan.indices, plan.index_table = options[layout][1]
+    if plan.values == "channel_codebook":
+        plan.codebook, plan.indices, plan.index_table, plan.channel_counts = options[layout][1]
+    if plan.values == "grid":
+        plan.grid, plan.indices, plan.index_table = options[layout][1]
     return plan
+
+
+def uniform_grid(values: np.ndarray, channels: np.ndarray, rows: int):
+    """If every float32 value of channel c is exactly float32(m · s_c) for integers m spanning at most
+    MAX_GRID_SYMBOL + 1 steps: (per-channel (s_c, least m) as GRID, the symbols m − least m); else None.
+
+    The step is estimated from the smallest gap between the channel's distinct values, refined from the
+    value with the largest multiple (whose rounding error, relative to m, is the smallest), and checked
+    on every value: a wrong guess only means that another layout is used."""
+    grid = np.zeros(rows, dtype=GRID)
+    multiples = np.zeros(len(values), dtype=np.int64)
+    order = np.argsort(channels, kind="stable")
+    bounds = np.searchsorted(channels[order], np.arange(rows + 1))
+    for c in range(rows):
+        at = order[bounds[c]:bounds[c + 1]]
+        v = values[at]
+        found = channel_step(v)
+        if found is None:
+            return None
+        step, m = found
+        if m.max(initial=0) - m.min(initial=0) > MAX_GRID_SYMBOL or abs(m.min(initial=0)) > 32767:
+            return None
+        grid[c] = (step, m.min(initial=0))
+        multiples[at] = m - m.min(initial=0)
+    return grid, multiples
+
+
+def channel_step(v: np.ndarray):
+    """(s, m) with float32(m · s) == v exactly, m integers, or None."""
+    distinct = np.unique(v)
+    rough = np.concatenate([np.diff(distinct), np.abs(distinct[distinct != 0])])
+    rough = rough[rough > 0]
+    if len(rough) == 0:
+        return np.float32(0), np.zeros(len(v), dtype=np.int64)        # all zeros
+    m = np.rint(distinct.astype(np.float64) / rough.min()).astype(np.int64)
+    far = np.argmax(np.abs(m))
+    estimate = np.float32(distinct[far] / np.float64(m[far]))
+    for step in (estimate, *np.nextafter(estimate, [np.float32(np.inf), np.float32(-np.inf)])):
+        step = np.float32(step)
+        if step <= 0:
+            continue
+        m = np.rint(v.astype(np.float64) / np.float64(step)).astype(np.int64)
+        if np.array_equal((m.astype(np.float32) * step).view("<u4"), v.view("<u4")):
+            return step, m
+    return None
+
+
+def channel_codebooks(values: np.ndarray, channels: np.ndarray, rows: int):
+    """Per-channel codebooks of `values` (bit patterns, ≤ 32 bits) whose output channel is `channels`:
+    (entries per channel as uint16, the codebooks one after another, each value's index within its own
+    channel's codebook), or None when some channel has more than 256 distinct values."""
+    keys = (channels.astype(np.uint64) << np.uint64(32)) | values.astype(np.uint64)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    unique_channel = (unique >> np.uint64(32)).astype(np.int64)
+    counts = np.bincount(unique_channel, minlength=rows)
+    if counts.max(initial=0) > MAX_CODEBOOK:
+        return None
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    codebook = (unique & np.uint64(0xFFFFFFFF)).astype(values.dtype)
+    indices = inverse.reshape(-1) - starts[channels]
+    return counts.astype("<u2"), codebook, indices.astype(np.int64)
 
 
 def computed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -254,13 +353,18 @@ def encode_tensor(plan: TensorPlan) -> bytes:
     if plan.positions == "sparse":
         segments["gap_table"] = huffman.table_to_bytes(plan.gap_table)
         segments["gaps"] = huffman.encode(plan.gaps, plan.gap_table)[0]
-    if plan.values == "codebook":
-        segments["codebook"] = plan.codebook.tobytes()
-        segments["index_table"] = huffman.table_to_bytes(plan.index_table)
-        segments["indices"] = huffman.encode(plan.indices, plan.index_table)[0]
-    else:
+    if plan.values == "raw":
         values = plan.bits if plan.positions == "dense" else plan.bits[plan.bits != 0]
         segments["values"] = values.tobytes()
+    else:
+        if plan.values == "channel_codebook":
+            segments["channel_counts"] = plan.channel_counts.tobytes()
+        if plan.values == "grid":
+            segments["grid"] = plan.grid.tobytes()
+        else:
+            segments["codebook"] = plan.codebook.tobytes()
+        segments["index_table"] = huffman.table_to_bytes(plan.index_table)
+        segments["indices"] = huffman.encode(plan.indices, plan.index_table)[0]
     assert {k: len(v) for k, v in segments.items()} == plan.sizes, "planned and encoded sizes differ"
     return b"".join(segments[k] for k in LAYOUTS[plan.positions, plan.values])
 
@@ -304,7 +408,8 @@ def packed_breakdown(model: nn.Module) -> list[dict]:
             "codebook_size": len(p.codebook) if p.codebook is not None else 0,
             "position_bytes": p.sizes.get("gap_table", 0) + p.sizes.get("gaps", 0),
             "index_bytes": p.sizes.get("index_table", 0) + p.sizes.get("indices", 0),
-            "codebook_bytes": p.sizes.get("codebook", 0), "raw_bytes": p.sizes.get("values", 0),
+            "codebook_bytes": p.sizes.get("codebook", 0) + p.sizes.get("channel_counts", 0) + p.sizes.get("grid", 0),
+            "raw_bytes": p.sizes.get("values", 0),
             "total_bytes": p.total_bytes, "bits_per_nonzero": 8 * p.total_bytes / max(1, nonzero),
         })
     rows.append(_summary_row("other tensors (BN, biases)", other))
@@ -332,9 +437,13 @@ def fixed_width_bytes(model: nn.Module) -> int:
         if p.gaps is not None:
             sizes.pop("gap_table", None)
             sizes["gaps"] = len(p.gaps)
+        if p.grid is not None:
+            sizes.pop("index_table", None)
+            sizes["indices"] = math.ceil(len(p.indices) * max(1, math.ceil(math.log2(int(p.indices.max(initial=0)) + 2))) / 8)
         if p.codebook is not None:
             sizes.pop("index_table", None)
-            sizes["indices"] = math.ceil(len(p.indices) * max(1, math.ceil(math.log2(len(p.codebook)))) / 8)
+            largest = int(p.channel_counts.max()) if p.channel_counts is not None else len(p.codebook)
+            sizes["indices"] = math.ceil(len(p.indices) * max(1, math.ceil(math.log2(max(2, largest)))) / 8)
         total += sum(sizes.values())
     return total
 
@@ -502,6 +611,17 @@ def _read_descriptor(d: dict, name: str) -> dict:
     if layout[1] == "codebook":
         out["codebook"] = _count(d, "codebook", 0, MAX_CODEBOOK, name)
         expected = {"codebook": out["codebook"] * itemsize}
+    elif layout[1] == "grid":
+        rows = shape[0] if len(shape) > 1 else 0
+        if rows < 2 or d["dtype"] != "float32":
+            raise _damaged(name, f"tensor {tensor!r} cannot have per-channel grids")
+        expected = {"grid": rows * GRID.itemsize}
+    elif layout[1] == "channel_codebook":
+        rows = shape[0] if len(shape) > 1 else 0
+        if rows < 2 or itemsize > 4:
+            raise _damaged(name, f"tensor {tensor!r} cannot have per-channel codebooks")
+        out["codebook"] = _count(d, "codebook", 0, MAX_CODEBOOK * rows, name)
+        expected = {"channel_counts": rows * 2, "codebook": out["codebook"] * itemsize}
     else:
         expected = {"values": out["stored"] * itemsize}
     for segment, size in expected.items():
@@ -515,14 +635,7 @@ def _decode_tensor(d: dict, segments: dict[str, bytes], name: str) -> torch.Tens
     np_bits = DTYPES[d["dtype"]][1]
     numel = math.prod(d["shape"])
     try:
-        if d["values"] == "codebook":
-            codebook = np.frombuffer(segments["codebook"], dtype=np_bits)
-            indices = _decode_symbols(segments["index_table"], segments["indices"], d["stored"],
-                                      len(codebook) - 1, "codebook index")
-            values = codebook[indices]
-        else:
-            values = np.frombuffer(segments["values"], dtype=np_bits)
-        flat = np.zeros(numel, dtype=np_bits)
+        positions = np.arange(numel)
         if d["positions"] == "sparse":
             gaps = _decode_symbols(segments["gap_table"], segments["gaps"], d["gap_symbols"], ESCAPE, "gap")
             positions = positions_from_gaps(gaps)
@@ -530,12 +643,47 @@ def _decode_tensor(d: dict, segments: dict[str, bytes], name: str) -> torch.Tens
                 raise huffman.HuffmanError(f"the gaps give {len(positions)} positions up to "
                                            f"{positions[-1] if len(positions) else 0}, expected "
                                            f"{d['stored']} below {numel}")
-            flat[positions] = values
+        if d["values"] == "codebook":
+            codebook = np.frombuffer(segments["codebook"], dtype=np_bits)
+            indices = _decode_symbols(segments["index_table"], segments["indices"], d["stored"],
+                                      len(codebook) - 1, "codebook index")
+            values = codebook[indices]
+        elif d["values"] == "channel_codebook":
+            values = _channel_values(d, segments, positions, np_bits)
+        elif d["values"] == "grid":
+            values = _grid_values(d, segments, positions)
         else:
-            flat[:] = values
+            values = np.frombuffer(segments["values"], dtype=np_bits)
+        flat = np.zeros(numel, dtype=np_bits)
+        flat[positions] = values
     except huffman.HuffmanError as exc:
         raise _damaged(name, f"tensor {d['name']!r} cannot be decoded ({exc})") from None
     return from_bits(flat, d["dtype"], d["shape"])
+
+
+def _grid_values(d: dict, segments: dict[str, bytes], positions: np.ndarray) -> np.ndarray:
+    """Values of a grid tensor: float32(least m + symbol) · s of the value's channel, as bits."""
+    grid = np.frombuffer(segments["grid"], dtype=GRID)
+    symbols = _decode_symbols(segments["index_table"], segments["indices"], d["stored"], MAX_GRID_SYMBOL, "grid step")
+    channels = positions // (math.prod(d["shape"]) // d["shape"][0])
+    multiples = (grid["least"][channels].astype(np.int64) + symbols).astype(np.float32)
+    return (multiples * grid["scale"][channels]).astype("<f4").view("<u4")
+
+
+def _channel_values(d: dict, segments: dict[str, bytes], positions: np.ndarray, np_bits: str) -> np.ndarray:
+    """Values of a channel_codebook tensor: codebook[start of the value's channel + its index]."""
+    rows = d["shape"][0]
+    counts = np.frombuffer(segments["channel_counts"], dtype="<u2").astype(np.int64)
+    codebook = np.frombuffer(segments["codebook"], dtype=np_bits)
+    if counts.max(initial=0) > MAX_CODEBOOK or counts.sum() != len(codebook):
+        raise huffman.HuffmanError(f"the channel codebook sizes add up to {counts.sum()}, not {len(codebook)}")
+    indices = _decode_symbols(segments["index_table"], segments["indices"], d["stored"],
+                              max(0, int(counts.max(initial=0)) - 1), "codebook index")
+    channels = positions // (math.prod(d["shape"]) // rows)
+    if np.any(indices >= counts[channels]):
+        raise huffman.HuffmanError("an index points past its channel's codebook")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return codebook[starts[channels] + indices]
 
 
 def _decode_symbols(table_bytes: bytes, data: bytes, count: int, largest: int, what: str) -> np.ndarray:

@@ -10,6 +10,7 @@ import torch
 from compression import huffman
 from compression.files import ModelFileError, model_from_state_dict, state_dict_bytes
 from compression.models import copy_model, create_model
+from compression.prune import prunable_layers
 from compression.packed import (PREAMBLE, gap_symbols, pack_model, packed_breakdown,
                                 positions_from_gaps, unpack_model)
 from compression.prune import is_pruned, prune, strip
@@ -246,7 +247,38 @@ def test_stripped_pruned_model_round_trips(tiny, images):
 def test_quantized_model_uses_codebooks(tiny, images):
     model = quantize_like(tiny)
     data, _, _ = assert_round_trip(model, images)
-    assert {v for _, v in layouts(data).values()} == {"codebook"}
+    assert {v for _, v in layouts(data).values()} <= {"codebook", "grid", "channel_codebook"}
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (8, False), (3, True)])
+def test_per_channel_quantized_model_packs_as_grids(images, bits, symmetric):
+    """Per-channel quantization leaves hundreds of distinct values in a layer but a uniform grid per
+    filter: stored as a step per filter plus Huffman-coded multiples, about `bits` bits per weight."""
+    from compression.quantize import quantize_weights
+
+    model = quantize_weights(create_model("resnet20"), bits, symmetric=symmetric, per_channel=True)
+    data, _, _ = assert_round_trip(model, images)
+    grids = [k for k, (_, v) in layouts(data).items() if v == "grid"]
+    assert len(grids) >= 18, layouts(data)
+    n_weights = sum(m.weight.numel() for m in prunable_layers(model).values())
+    assert len(data) < (bits + 1.5) / 8 * n_weights + 16_000      # + BN tensors, grids and header
+
+
+def test_corrupt_grid_payload_never_leaks_other_errors(images):
+    from compression.quantize import quantize_weights
+
+    packed = pack_model(quantize_weights(create_model("resnet8", width=0.5), 4))
+    rng = np.random.default_rng(1)
+    header, payload = read_parts(packed)
+    for trial in range(60):
+        def flip(p, i=int(rng.integers(len(payload))), bit=int(rng.integers(8))):
+            p = bytearray(p)
+            p[i] ^= 1 << bit
+            return bytes(p)
+        try:
+            unpack_model(rebuild(packed, edit_payload=flip), "fuzz.cmpk")
+        except ModelFileError:
+            pass
 
 
 def test_clustered_model_round_trips(tiny, images):
