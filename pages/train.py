@@ -61,11 +61,15 @@ def progress() -> None:
         if st.button("Stop", icon=":material/stop:", key="stop_training"):
             state.job_queue().cancel(job)
     elif job.status == DONE:
+        state.collect_finished_jobs()
         variant = job.result
         st.success(f"Finished: “{variant.name}” joined the variants with eval accuracy "
                    f"{accuracy(variant.metrics.eval_accuracy)}. Pick it as the model in hand in the sidebar.")
     elif job.status == CANCELLED:
-        st.warning("Training was stopped.")
+        state.collect_finished_jobs()
+        stopped = f" The model as it was at epoch {job.result.settings.get('stopped_at_epoch', 0):g} joined the " \
+                  "variants." if job.result is not None else ""
+        st.warning(f"Training was stopped.{stopped}")
     elif job.status == FAILED:
         st.error(f"Training failed: {job.error}")
     if events:
@@ -73,4 +77,3 @@ def progress() -> None:
 
 
 progress()
-state.collect_finished_jobs()

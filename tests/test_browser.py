@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 PAGES = [("overview", "The model in hand"), ("train", "Train a model"), ("prune", "How far can we go?"),
+         ("quantize", "Keep it"), ("distill", "Train a student, with and without the teacher"),
+         ("share", "Bits per nonzero weight, per layer"), ("pipeline", "Pick settings and run"),
          ("compare", "Upload a model")]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -156,3 +158,20 @@ def test_download_reloads_to_the_same_accuracy(browser, server, tmp_path):
     accuracy = evaluate(model, eval_subset(load_sample()[1])).accuracy
     assert f"{accuracy:.4f}" == meta["eval_accuracy"], "the download must reload to the accuracy it was listed with"
     page.close()
+
+
+def test_a_lesson_link_opens_quantize_at_3_bits_per_channel(browser, server, shots):
+    context = browser.new_context(viewport={"width": 1500, "height": 2400})     # a fresh browser profile
+    page = context.new_page()
+    page.goto(f"{server}/quantize?bits=3&granularity=per-channel&mode=symmetric")
+    page.get_by_text("Keep it").first.wait_for(timeout=120_000)
+    settle(page)
+    no_exceptions(page)
+    assert page.get_by_role("slider").first.get_attribute("aria-valuetext") == "3"
+    checked = page.locator('[data-testid="stRadio"] input:checked').evaluate_all(
+        "els => els.map(e => e.closest('label').innerText.trim())")
+    assert "per-channel" in checked, checked
+    metric = page.locator('[data-testid="stMetric"]', has_text="Distinct values per filter").inner_text()
+    assert int(metric.split()[-1].replace(",", "")) <= 8
+    page.screenshot(path=str(shots / "quantize-3bit-lesson-link.png"))
+    context.close()

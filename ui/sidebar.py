@@ -69,9 +69,7 @@ def data_picker() -> None:
 def download_button() -> None:
     job = state.job("download")
     if job is not None and job.active:
-        last = job.latest() or {}
-        done, total = last.get("done", 0), last.get("total", 0) or 170_498_071
-        st.progress(min(1.0, done / total), text=f"Downloading… {done / 1e6:.0f} of {total / 1e6:.0f} MB")
+        download_progress()
         return
     if job is not None and job.error:
         st.error(f"Download failed: {job.error}")
@@ -81,6 +79,16 @@ def download_button() -> None:
                      lambda j: D.download_cifar10(root, progress=lambda d, t: j.report(done=d, total=t)),
                      queue=state.analysis_queue())
         st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def download_progress() -> None:
+    job = state.job("download")
+    if job is None or not job.active:
+        st.rerun()          # finished: redraw the whole page with the new data choice
+    last = job.latest() or {}
+    done, total = last.get("done", 0), last.get("total", 0) or 170_498_071
+    st.progress(min(1.0, done / total), text=f"Downloading… {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
 
 def jobs() -> None:
