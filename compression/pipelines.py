@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from torch import nn
 
 from .data import ImageSet
 from .distill import distill

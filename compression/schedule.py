@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from .data import ImageSet
-from .models import copy_model
 from .prune import prunable_layers, prune, sparsity
 from .train import LossFn, TrainConfig, TrainEvent, cross_entropy_loss, evaluate, train
 

@@ -5,8 +5,8 @@ from compression.distill import MAX_ENTROPY, entropy, softened_probabilities
 from compression.jobs import distill_vs_plain
 from compression.models import ARCHS
 from compression.train import TrainConfig
-from compression.worker import DONE, FAILED
 from ui import charts, lesson, state
+from ui.jobs import job_status
 from ui.format import accuracy
 
 st.title("Distill")
@@ -89,26 +89,11 @@ if go:
 
 @st.fragment(run_every=1.0)
 def progress():
-    job = state.job("distill")
-    if job is None:
-        return
-    events = job.snapshot()
+    job, events = job_status("distill", what="Distillation", done=lambda job: (
+        f"With the teacher: {accuracy(job.result[0].metrics.eval_accuracy)} · without: "
+        f"{accuracy(job.result[1].metrics.eval_accuracy)}. Both joined the variants."))
     kd = [e for e in events if e.get("phase") == "kd"]
     plain = [e for e in events if e.get("phase") == "plain"]
-    if job.active:
-        last = kd[-1] if kd else {}
-        st.progress(last.get("step", 0) / max(1, last.get("total_steps", 1)),
-                    text="Training both students…" if job.status == "running" else
-                    f"Waiting: place {state.job_queue().position(job)} in the queue")
-        if st.button("Stop", key="stop_distill"):
-            state.job_queue().cancel(job)
-    elif job.status == DONE:
-        state.collect_finished_jobs()
-        with_kd, without = job.result
-        st.success(f"With the teacher: {accuracy(with_kd.metrics.eval_accuracy)} · without: "
-                   f"{accuracy(without.metrics.eval_accuracy)}. Both joined the variants.")
-    elif job.status == FAILED:
-        st.error(f"Distillation failed: {job.error}")
     if kd:
         st.plotly_chart(charts.training_curves(kd, "Student with KD (solid) and without (dashed)", label="KD",
                                                second=("no KD", plain)), key="distill_curves")

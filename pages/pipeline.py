@@ -4,8 +4,8 @@ import streamlit as st
 
 from compression.jobs import run_pipeline
 from compression.pipelines import deep_compression, spiral
-from compression.worker import DONE, FAILED
 from ui import charts, lesson, state
+from ui.jobs import job_status
 from ui.format import accuracy
 
 st.title("Pipelines")
@@ -63,25 +63,13 @@ if st.button(f"Run {kind} on “{variant.name}”", type="primary", icon=":mater
 
 @st.fragment(run_every=1.0)
 def progress():
-    job = state.job("pipeline")
+    job, events = job_status("pipeline", what="The pipeline", done=lambda job: (
+        f"{job.title} finished: {len(job.result)} variants joined the table."))
     if job is None:
         st.info("Pick settings and run: each stage appears below as it finishes.")
         return
-    events = job.snapshot()
     stages = [e for e in events if e.get("phase") == "stage"]
     train_events = [e for e in events if e.get("phase") == "train"]
-    if job.active:
-        last = train_events[-1] if train_events else {}
-        st.progress(last.get("step", 0) / max(1, last.get("total_steps", 1)),
-                    text=f"{job.title}: {len(stages)} stage(s) done" if job.status == "running" else
-                    f"Waiting: place {state.job_queue().position(job)} in the queue")
-        if st.button("Stop", key="stop_pipeline"):
-            state.job_queue().cancel(job)
-    elif job.status == DONE:
-        state.collect_finished_jobs()
-        st.success(f"{job.title} finished: {len(job.result)} variants joined the table.")
-    elif job.status == FAILED:
-        st.error(f"The pipeline failed: {job.error}")
     if stages:
         fig = go.Figure()
         fig.add_scatter(x=[s["bytes"] / 1024 for s in stages], y=[100 * s["eval_accuracy"] for s in stages],

@@ -7,8 +7,8 @@ from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, spa
 from compression.schedule import agp_curve
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
-from compression.worker import DONE, FAILED
 from ui import cached, charts, lesson, state
+from ui.jobs import job_status
 from ui.format import accuracy
 
 METHODS = {"magnitude": "Magnitude |w|", "random": "Random", "gradient": "Gradient |w·∂L/∂w|",
@@ -186,23 +186,9 @@ if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
 
 @st.fragment(run_every=1.0)
 def finetune_progress():
-    job = state.job("prune_ft")
-    if job is None:
-        return
-    events = [e for e in job.snapshot() if e.get("phase") == "finetune"]
-    if job.active:
-        last = events[-1] if events else {}
-        st.progress(last.get("step", 0) / max(1, last.get("total_steps", 1)),
-                    text=f"{job.title} — place {state.job_queue().position(job)} in queue" if job.status == "queued"
-                    else job.title)
-        if st.button("Stop fine-tuning", key="stop_ft"):
-            state.job_queue().cancel(job)
-    elif job.status == DONE:
-        state.collect_finished_jobs()
-        st.success(f"Fine-tuned: “{job.result.name}” recovered to {accuracy(job.result.metrics.eval_accuracy)} "
-                   "and joined the variants.")
-    elif job.status == FAILED:
-        st.error(f"Fine-tuning failed: {job.error}")
+    _, events = job_status("prune_ft", "finetune", what="Fine-tuning", done=lambda job: (
+        f"Fine-tuned: “{job.result.name}” recovered to {accuracy(job.result.metrics.eval_accuracy)} and joined "
+        "the variants."))
     if events:
         st.plotly_chart(charts.training_curves(events, "Recovery during fine-tuning"), key="ft_curve")
 

@@ -4,8 +4,8 @@ from compression import quantize as Q
 from compression.jobs import bits_curve, int8_variant, qat_variant
 from compression.variant import measure_variant
 from compression.views import distinct_per_channel, distinct_values, histogram, layer_names, layer_weight, weight_range
-from compression.worker import DONE, FAILED
 from ui import cached, charts, lesson, state
+from ui.jobs import job_status
 from ui.format import accuracy
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8, "bf16", "fp16"]
@@ -136,27 +136,14 @@ if k3.button("Export real int8", icon=":material/memory:"):
 
 @st.fragment(run_every=1.0)
 def jobs_progress():
-    for kind in ("qat", "int8"):
-        job = state.job(kind)
-        if job is None:
-            continue
-        events = job.snapshot()
-        if job.active:
-            last = events[-1] if events else {}
-            text = last.get("message") or job.title
-            st.progress(last.get("step", 0) / max(1, last.get("total_steps", 1)), text=text if job.status == "running"
-                        else f"{job.title}: place {state.job_queue().position(job)} in the queue")
-        elif job.status == DONE:
-            state.collect_finished_jobs()
-            v = job.result
-            extra = (f" · {v.settings['speedup_b256']}× faster than fp32 at batch 256, "
-                     f"{v.settings['int8_file_bytes'] / 1024:.0f} KiB .pt2") if kind == "int8" else ""
-            st.success(f"“{v.name}”: {accuracy(v.metrics.eval_accuracy)}{extra}. Joined the variants.")
-        elif job.status == FAILED:
-            st.error(f"{job.title} failed: {job.error}")
-        curve = [e for e in events if e.get("phase") == "finetune"]
-        if curve and kind == "qat":
-            st.plotly_chart(charts.training_curves(curve, "Quantization-aware training"), key="qat_curve")
+    _, curve = job_status("qat", "finetune", what="QAT", done=lambda job: (
+        f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)}. Joined the variants."))
+    if curve:
+        st.plotly_chart(charts.training_curves(curve, "Quantization-aware training"), key="qat_curve")
+    job_status("int8", "int8", what="The int8 build", done=lambda job: (
+        f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)} · "
+        f"{job.result.settings['speedup_b256']}× faster than fp32 at batch 256 · "
+        f"{job.result.settings['int8_file_bytes'] / 1024:.0f} KiB .pt2. Joined the variants."))
 
 
 jobs_progress()

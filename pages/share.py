@@ -5,8 +5,8 @@ from compression.packed import packed_breakdown, packed_summary
 from compression.share import codebooks
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, weight_range
-from compression.worker import DONE, FAILED
 from ui import cached, charts, lesson, state
+from ui.jobs import job_status
 from ui.format import accuracy, kib, ratio
 
 CLUSTERS = [2, 4, 8, 16, 32, 64, 128, 256]
@@ -76,18 +76,8 @@ if k2.button("Fine-tune the centroids", icon=":material/tune:"):
 
 @st.fragment(run_every=1.0)
 def progress():
-    job = state.job("share_ft")
-    if job is None:
-        return
-    events = [e for e in job.snapshot() if e.get("phase") == "finetune"]
-    if job.active:
-        last = events[-1] if events else {}
-        st.progress(last.get("step", 0) / max(1, last.get("total_steps", 1)), text=job.title)
-    elif job.status == DONE:
-        state.collect_finished_jobs()
-        st.success(f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)}, joined the variants.")
-    elif job.status == FAILED:
-        st.error(f"Fine-tuning failed: {job.error}")
+    _, events = job_status("share_ft", "finetune", what="Fine-tuning", done=lambda job: (
+        f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)}, joined the variants."))
     if events:
         st.plotly_chart(charts.training_curves(events, "Centroid fine-tuning"), key="share_curve")
 

@@ -1,7 +1,6 @@
 """The app, driven headlessly with Streamlit's AppTest: every page renders without an exception, the
 controls do what they say, and bad input ends in a message, not a traceback."""
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,8 +31,7 @@ def assets(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def app(assets, monkeypatch):
+def new_app(assets, monkeypatch) -> AppTest:
     # AppTest forgets, before every run, that app.py uses st.navigation and, seeing a pages/ folder,
     # would run pages on their own (old multipage mode) without app.py's sidebar. The real server
     # remembers it after the first run; make AppTest do the same.
@@ -48,6 +46,12 @@ def app(assets, monkeypatch):
     monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    return at
+
+
+@pytest.fixture
+def app(assets, monkeypatch):
+    at = new_app(assets, monkeypatch)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -244,16 +248,7 @@ def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
 
 
 def test_a_lesson_link_restores_the_page(assets, monkeypatch):
-    from streamlit.runtime.pages_manager import PagesManager
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-    monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at = new_app(assets, monkeypatch)
     at.run()
     at.query_params.update({"bits": "3", "granularity": "per-channel", "mode": "asymmetric"})
     at.switch_page("pages/quantize.py").run()

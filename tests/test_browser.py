@@ -3,7 +3,6 @@ Playwright. Visits every page, moves the pruning slider, starts and stops a trai
 compressed model and reloads it with the library, and saves a screenshot of every page
 (to $SCREENSHOT_DIR, default out/screenshots)."""
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -4,26 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compression.data import ImageSet
 from compression.distill import (MAX_ENTROPY, distill, distillation_loss_fn, entropy, kd_loss, soften,
                                  soft_target_loss, softened_probabilities)
 from compression.models import copy_model, create_model
 from compression.prune import prune, sparsity
 from compression.structured import channel_counts, prune_filters
+from helpers import toy_set
 from compression.train import TrainConfig, run_to_end, train
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
-
-def toy_set(n=128, seed=0):
-    """A separable toy task: the class is which tenth of the image is brightest."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    images = torch.randint(0, 60, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        images[i, :, :, 3 * c:3 * c + 3] = 255
-    return ImageSet(images, labels, "toy")
-
 
 def tiny_config(**kw):
     base = dict(epochs=1, batch_size=32, lr=0.05, seed=3, augment=False, device="cpu",
@@ -34,7 +24,7 @@ def tiny_config(**kw):
 
 @pytest.fixture(scope="module")
 def data():
-    return toy_set()
+    return toy_set(128)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from compression.pipelines import Stage, deep_compression, spiral
 from compression.prune import sparsity
 from compression.variant import measure_variant
 from compression.views import distinct_values, layer_names
-from test_train import toy_set
+from helpers import toy_set
 
 
 @pytest.fixture

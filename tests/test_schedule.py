@@ -1,12 +1,11 @@
 import pytest
-import torch
 
 from compression.models import create_model
-from compression.prune import prunable_layers, sparsity
+from compression.prune import sparsity
 from compression.schedule import (agp_curve, agp_sparsity, gradual_prune, iterative_prune, iterative_sparsities,
                                   l1_penalty, RoundResult, sensitivity, sparse_training_loss_fn, accuracy_vs_sparsity)
 from compression.train import TrainConfig, run_to_end, train
-from test_train import toy_set
+from helpers import toy_set
 
 
 def test_agp_formula():

@@ -5,22 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from compression.data import ImageSet, load_cifar10
+from compression.data import load_cifar10
 from compression.files import load_model
 from compression.models import create_model
+from helpers import toy_set
 from compression.train import TrainConfig, evaluate, lr_at, run_to_end, train
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
-def toy_set(n=256, seed=0):
-    """A learnable toy task: the class is which tenth of the image is brightest."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    images = torch.randint(0, 60, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        images[i, :, :, 3 * c:3 * c + 3] = 255
-    return ImageSet(images, labels, "toy")
 
 
 def tiny_config(**kw):
