@@ -31,9 +31,19 @@ def cmd_train(args) -> int:
         train_set = train_set.subset(slice(0, args.limit))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                         schedule=args.schedule, seed=args.seed, device=args.device)
+                         schedule=args.schedule, seed=args.seed, device=args.device, cutout=args.cutout,
+                         warmup=args.warmup)
     torch.manual_seed(config.seed)
-    model = create_model(args.arch, args.width)
+    previous = None
+    if args.init:                      # continue from a saved model (a second training phase)
+        model, _ = load_model(args.init)
+        card = Path(args.init).with_suffix(".json")
+        previous = json.loads(card.read_text()) if card.exists() else {"weights": Path(args.init).name}
+        previous["sha256"] = sha256_file(args.init)
+        if model.arch != args.arch:
+            raise ModelFileError(f"{args.init} holds a {model.arch}, not a {args.arch}")
+    else:
+        model = create_model(args.arch, args.width)
     log = open(args.log, "a") if args.log else None
     last = None
     for event in train(model, train_set, config, test_set, events_every=50):
@@ -54,14 +64,19 @@ def cmd_train(args) -> int:
         "arch": args.arch, "width": args.width, "weights": out.name,
         "recipe": {**config.to_dict(), "optimizer": "SGD (Nesterov)", "augmentation": "pad-4 random crop + flip",
                    "train_images": len(train_set)},
-        "epochs": args.epochs, "seed": args.seed,
-        "training_time_s": round(last.elapsed_s, 1),
+        "epochs": args.epochs + (previous or {}).get("epochs", 0), "seed": args.seed,
+        "training_time_s": round(last.elapsed_s + (previous or {}).get("training_time_s", 0), 1),
         "hardware": hardware_name(pick_device(args.device)),
         "torch": torch.__version__,
         "test_set": test_set.name, "test_images": result.images, "test_accuracy": round(result.accuracy, 4),
         "sha256": sha256_file(out),
         "trained_on": time.strftime("%Y-%m-%d"),
     }
+    if previous:
+        card["recipe"]["phase"] = 2
+        card["phase_epochs"] = args.epochs
+        card["previous_phase"] = {k: previous.get(k) for k in ("recipe", "epochs", "training_time_s", "hardware",
+                                                               "test_accuracy", "sha256", "trained_on")}
     Path(out).with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     if args.json:
         _print_json(card)
@@ -378,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
+    p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps warming up (onecycle)")
+    p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0: none)")
+    p.add_argument("--init", help="continue training from this model file (a second phase)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only")

@@ -263,3 +263,21 @@ def augment(images: torch.Tensor, generator: torch.Generator | None = None, pad:
     batch = torch.arange(n, device=device)[:, None, None, None]
     chans = torch.arange(c, device=device)[None, :, None, None]
     return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+MEAN_PIXEL = (125, 123, 114)    # CIFAR-10's mean colour: 0 after the model's normalisation
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): paint one size × size square per image, centred anywhere (it may
+    hang over the edge), in the mean colour. A whole uint8 batch at once; returns a new tensor."""
+    n, c, h, w = images.shape
+    device = images.device
+    cy = torch.randint(0, h, (n,), generator=generator).to(device)[:, None, None]
+    cx = torch.randint(0, w, (n,), generator=generator).to(device)[:, None, None]
+    ys = torch.arange(h, device=device)[None, :, None]
+    xs = torch.arange(w, device=device)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)   # (n, h, w)
+    fill = torch.tensor(MEAN_PIXEL, dtype=images.dtype, device=device)[None, :, None, None]
+    return torch.where(inside[:, None], fill, images)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .data import ImageSet, augment, to_float
+from .data import ImageSet, augment, cutout, to_float
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,7 +32,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     schedule: str = "onecycle"      # "onecycle" (warm up, then cosine down), "cosine" or "constant"
     warmup: float = 0.15            # fraction of steps spent warming up (onecycle)
-    augment: bool = True
+    augment: bool = True            # pad-4 random crop + horizontal flip
+    cutout: int = 0                 # side of the cutout square (0: none)
     seed: int = 0
     device: str = "auto"
     eval_every_epoch: bool = True
@@ -159,6 +160,8 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
         x = images[index]
         if config.augment:
             x = augment(x, generator)
+        if config.cutout:
+            x = cutout(x, config.cutout, generator)
         x = to_float(x)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)

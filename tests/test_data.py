@@ -156,3 +156,13 @@ def test_augment_flips_about_half():
     out = D.augment(images, torch.Generator().manual_seed(0), pad=0)
     flipped = (out[:, 0, 0, 0] == 31).float().mean()
     assert 0.4 < flipped < 0.6
+
+
+def test_cutout_paints_one_square_of_mean_colour_per_image():
+    images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
+    out = D.cutout(images, 8, torch.Generator().manual_seed(0))
+    painted = (out[:, 0] == D.MEAN_PIXEL[0])
+    counts = painted.flatten(1).sum(1)
+    assert counts.max() == 64 and counts.min() >= 16       # 8x8, or clipped at an edge (at least 4x4)
+    assert torch.equal(out[:, 1][painted], torch.full_like(out[:, 1][painted], D.MEAN_PIXEL[1]))
+    assert torch.equal(images, torch.zeros_like(images)), "the input is not modified"
