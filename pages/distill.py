@@ -56,7 +56,7 @@ with g2:
     st.plotly_chart(fig, key="distill_probs")
     h = float(entropy(probs))
     st.metric("Entropy of the teacher's answer", f"{h:.2f} nats", help=f"0 = certain, {MAX_ENTROPY:.2f} = uniform",
-              delta=f"{100 * h / MAX_ENTROPY:.0f} % of the maximum", delta_color="off")
+              delta=f"{100 * h / MAX_ENTROPY:.0f} % of the maximum", delta_color="off", delta_arrow="off")
 
 # --- training a student -----------------------------------------------------------------------------------
 st.subheader("Train a student, with and without the teacher")

@@ -81,7 +81,7 @@ if structured:
     m[1].metric("Parameters", f"{p1:,}", f"{100 * (p1 / p0 - 1):+.0f} %", delta_color="inverse")
     m[2].metric("MACs / image", f"{mac1 / 1e6:.1f} M", f"{100 * (mac1 / mac0 - 1):+.0f} %", delta_color="inverse")
     m[3].metric("Channels kept", f"{sum(S.channel_counts(pruned).values()):,}",
-                f"of {sum(S.channel_counts(model).values()):,}", delta_color="off")
+                f"of {sum(S.channel_counts(model).values()):,}", delta_color="off", delta_arrow="off")
 else:
     m[1].metric("Sparsity (prunable layers)", f"{100 * sparsity(pruned, exempt):.1f} %")
     m[2].metric("Nonzero weights", f"{count_nonzero(pruned):,}")

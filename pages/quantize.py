@@ -73,7 +73,7 @@ m[1].metric("Distinct values per filter", f"{distinct_per_channel(q_model, layer
             help=f"at most 2^b = {2 ** bits if not is_float else 65536:,} in each output channel"
                  + ("" if per_channel or is_float else " (one grid for the whole layer)"))
 m[2].metric("Distinct values in the layer", f"{distinct_values(q_model, layer):,}",
-            f"were {distinct_values(model, layer):,}", delta_color="off")
+            f"were {distinct_values(model, layer):,}", delta_color="off", delta_arrow="off")
 sqnr = errors[layer]["sqnr_db"]
 m[3].metric("Signal-to-noise of the layer", "∞ dB" if sqnr == float("inf") else f"{sqnr:.1f} dB",
             help="10·log10(Σw² / Σ(w − ŵ)²): about 6 dB more for every extra bit")

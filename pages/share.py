@@ -42,7 +42,7 @@ m = st.columns(4)
 m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt")
 m[1].metric("Bits per nonzero weight", f"{summary['bits_per_nonzero']:.2f}",
             help="index + position + codebook, Huffman-coded, averaged over all conv/linear weights")
-m[2].metric("Packed size", kib(total), f"was {kib(variant.metrics.bytes_packed)}", delta_color="off")
+m[2].metric("Packed size", kib(total), f"was {kib(variant.metrics.bytes_packed)}", delta_color="off", delta_arrow="off")
 m[3].metric("Compression ratio vs dense fp32", ratio(variant.metrics.reference_bytes / max(1, total)))
 
 names = layer_names(shared)

@@ -91,9 +91,15 @@ def settle(page, quiet_s=1.5, timeout_s=60):
             calm_since = None
         elif calm_since is None:
             calm_since = time.time()
-        elif time.time() - calm_since > quiet_s:
+        elif time.time() - calm_since > quiet_s and charts_drawn(page):
             return
         time.sleep(0.2)
+
+
+def charts_drawn(page) -> bool:
+    """Every plotly chart on the page has drawn its SVG (they render a moment after the script ends)."""
+    return page.evaluate("() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')]"
+                         ".every(c => c.querySelector('.main-svg'))")
 
 
 def no_exceptions(page):

@@ -37,8 +37,8 @@ def model_in_hand() -> None:
         state.set_current(choice)
         current = state.current()
     m = current.metrics
-    st.markdown(f"**{accuracy(m.eval_accuracy)}** eval accuracy  \n**{kib(m.bytes_packed)}** packed, "
-                f"{m.compression_ratio:.1f}× smaller than fp32")
+    smaller = f"{m.compression_ratio:.1f}× smaller than dense fp32" if m.compression_ratio >= 1.05 else "not compressed yet"
+    st.markdown(f"**{accuracy(m.eval_accuracy)}** eval accuracy  \n**{kib(m.bytes_packed)}** packed, {smaller}")
     st.caption(f"{current.recipe} · sparsity {100 * m.sparsity:.1f} % · "
                f"{m.nonzero_params:,} nonzero of {m.params:,} parameters")
 
