@@ -20,6 +20,7 @@ from torch import nn
 
 from .data import ImageSet
 from .files import state_dict_bytes
+from .models import copy_model
 from .prune import strip
 from .train import evaluate
 
@@ -57,6 +58,7 @@ def layer_table(model: nn.Module, image_size: int = 32) -> list[LayerInfo]:
                                   macs, nz_macs))
         return record
 
+    model = copy_model(model)   # hooks on a private copy: the caller's model may be shared between threads
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             hooks.append(module.register_forward_hook(hook(name)))

@@ -92,6 +92,7 @@ def channel_groups(model: nn.Module) -> list[list[str]]:
     A block's inner conv forms a group of its own (conv1 + bn1); a stage's residual stream forms one
     group of every conv and BN that writes into it (stem or shortcut, and each block's conv2 + bn2).
     """
+    model = copy_model(model)   # tracing hooks the model: never hook one another thread may be using
     names = {module: name for name, module in model.named_modules()}
     return [[names[dep.target.module] for dep, _ in group if dep.handler in WRITES]
             for group in pruning_groups(dependency_graph(model), model)]
@@ -226,7 +227,7 @@ def filter_scores(model: nn.Module, criterion: str = "l1", calib: ImageSet | Non
     numbers global pruning compares across layers. The lowest `ratio` of each layer's filters are the
     ones `prune_filters` removes (see also `filters_to_remove`).
     """
-    model = plain_copy(model) if is_pruned(model) else model
+    model = plain_copy(model)   # scoring and tracing hook the model: work on a private copy
     scorer = importance(model, criterion, calib, seed, normalize)
     names = {module: name for name, module in model.named_modules()}
     result = {}
@@ -244,6 +245,7 @@ def filter_scores(model: nn.Module, criterion: str = "l1", calib: ImageSet | Non
 # --- pruning -----------------------------------------------------------------------------------------
 
 def smallest_group_width(model: nn.Module) -> int:
+    model = copy_model(model)
     return min(len(group[0].idxs) for group in pruning_groups(dependency_graph(model), model))
 
 
@@ -312,7 +314,7 @@ def filters_to_remove(model: nn.Module, ratio: float, criterion: str = "l1", cal
                       round_to: int | None = None) -> dict[str, list[int]]:
     """{conv layer name: indices of the output filters prune_filters would remove}, without pruning."""
     check_ratio(model, ratio, round_to)
-    model = plain_copy(model) if is_pruned(model) else model
+    model = plain_copy(model)   # scoring and tracing hook the model: work on a private copy
     names = {module: name for name, module in model.named_modules()}
     plan = {name: [] for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     with eval_mode(model):

@@ -327,3 +327,22 @@ def test_masked_model_is_stripped_before_filter_pruning(model, images):
     assert is_pruned(masked) and not is_pruned(pruned)
     assert st.channel_counts(pruned) == expected_counts(4, 8, 16)
     assert pruned(images).shape == (4, 10)
+
+
+def test_read_only_functions_never_hook_the_callers_model(model, calib, monkeypatch):
+    """Tracing and scoring hook modules for a moment; on a model another thread is copying, the copy
+    would keep the hooks for good (and later fail), so they must hook a private copy."""
+    from compression.metrics import layer_table
+
+    hooked = []
+    original = nn.Module.register_forward_hook
+    monkeypatch.setattr(nn.Module, "register_forward_hook",
+                        lambda self, *a, **k: hooked.append(self) or original(self, *a, **k))
+    ours = set(model.modules())
+    st.filters_to_remove(model, 0.5, "activation", calib)
+    st.filter_scores(model, "l1")
+    st.channel_groups(model)
+    st.largest_ratio(model)
+    layer_table(model)
+    assert hooked, "the functions above do hook modules (of their copies)"
+    assert not ours.intersection(hooked)
