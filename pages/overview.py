@@ -16,10 +16,7 @@ st.markdown(
     "of things). Move a slider and watch what happens to the weights, the size and the accuracy; keep the "
     "variants you like and compare them all on **Compare & Download**.")
 
-variant = state.current()
-if variant is None:
-    st.error("No model in hand. Train one on the Train page or upload one on Compare & Download.")
-    st.stop()
+variant = state.require_current()
 m = variant.metrics
 data = state.data_in_use()
 

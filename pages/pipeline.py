@@ -18,10 +18,7 @@ st.latex(r"\text{ratio} = \frac{32\,N}{\underbrace{b_\text{pos}\,\text{nnz}}_\te
          r" + \underbrace{\lceil\log_2 k\rceil\,\text{nnz}}_\text{which value} + 32\,k}"
          r"\qquad s_r = 1-(1-p)^r")
 
-variant = state.current()
-if variant is None:
-    st.error("No model in hand.")
-    st.stop()
+variant = state.require_current()
 data = state.data_in_use()
 lesson.restore("pipeline", {"pipeline_kind": "Deep Compression", "pipeline_sparsity": 90, "pipeline_k": 16,
                             "pipeline_rounds": 3, "pipeline_per_round": 50, "pipeline_T": 4.0},

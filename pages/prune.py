@@ -17,10 +17,7 @@ CRITERIA = {"l1": "L1 norm of the filter", "bn_scale": "BN scale |γ| (network s
             "activation": "Mean activation", "random": "Random"}
 
 st.title("Prune")
-variant = state.current()
-if variant is None:
-    st.error("No model in hand.")
-    st.stop()
+variant = state.require_current()
 lesson.restore("prune", {"prune_method": "magnitude", "prune_scope": "global", "prune_ratio": 50,
                          "prune_criterion": "l1", "prune_keep": False},
                choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],

@@ -21,10 +21,7 @@ st.latex(r"q = \operatorname{clamp}\!\left(\operatorname{round}\!\left(\frac{w}{
          r" q_\text{max}\right) \qquad \hat w = (q - z)\, s \qquad s = \frac{\max|w|}{2^{b-1}-1}"
          r"\;\text{(symmetric)}")
 
-variant = state.current()
-if variant is None:
-    st.error("No model in hand.")
-    st.stop()
+variant = state.require_current()
 lesson.restore("quantize", {"quantize_bits": 8, "quantize_mode": "symmetric", "quantize_granularity": "per-channel",
                             "quantize_what": "weights", "quantize_abits": 8, "quantize_calib": "minmax"},
                choices={"quantize_bits": BITS, "quantize_mode": ["symmetric", "asymmetric"],

@@ -20,10 +20,7 @@ st.markdown(
 st.latex(r"\min_{c_1,\dots,c_k}\; \sum_{i=1}^{k} \sum_{w \in C_i} \left| w - c_i \right|^2"
          r"\qquad \text{bits per weight} \approx \log_2 k")
 
-variant = state.current()
-if variant is None:
-    st.error("No model in hand.")
-    st.stop()
+variant = state.require_current()
 lesson.restore("share", {"share_k": 16}, choices={"share_k": CLUSTERS})
 data = state.data_in_use()
 

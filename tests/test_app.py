@@ -110,6 +110,12 @@ def test_keep_adds_a_variant_to_the_table(app):
     assert any("pruned 70%" in n for n in names)
 
 
+def wait_until_finished(job, timeout_s=300):
+    deadline = time.time() + timeout_s
+    while job.active and time.time() < deadline:
+        time.sleep(1)
+
+
 def test_training_one_epoch_on_the_sample_joins_the_table(app):
     goto(app, "train")
     app.number_input[0].set_value(1)
@@ -117,9 +123,7 @@ def test_training_one_epoch_on_the_sample_joins_the_table(app):
     app.run()
     assert not app.exception
     job = app.session_state["jobs"]["train"]
-    deadline = time.time() + 300
-    while job.active and time.time() < deadline:
-        time.sleep(1)
+    wait_until_finished(job)
     assert job.status == "done", job.error
     goto(app, "compare")
     names = list(app.dataframe[0].value["name"])
@@ -238,9 +242,7 @@ def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
     app.number_input(key="pipeline_ft").set_value(0).run()
     next(b for b in app.button if b.label.startswith("Run Deep Compression")).click().run()
     job = app.session_state["jobs"]["pipeline"]
-    deadline = time.time() + 300
-    while job.active and time.time() < deadline:
-        time.sleep(1)
+    wait_until_finished(job)
     assert job.status == "done", job.error
     goto(app, "compare")
     names = list(app.dataframe[0].value["name"])

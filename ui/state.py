@@ -107,6 +107,15 @@ def current() -> Variant | None:
     return v
 
 
+def require_current() -> Variant:
+    """The model in hand; without one, the page says what to do and stops."""
+    variant = current()
+    if variant is None:
+        st.error("No model in hand. Train one on the Train page or upload one on Compare & Download.")
+        st.stop()
+    return variant
+
+
 def set_current(variant_id: str) -> None:
     st.session_state.current = variant_id
 
