@@ -81,25 +81,28 @@ def open_page(browser, url, wait_for, downloads=False):
     return page
 
 
-def settle(page, quiet_s=1.5, timeout_s=60):
-    """Wait until Streamlit stops running the script (its status widget disappears)."""
+def settle(page, quiet_s=1.5, timeout_s=120):
+    """Wait until Streamlit has finished: no script running (its status widget gone), no placeholder
+    or stale element left, every chart drawn, for `quiet_s` in a row."""
     deadline = time.time() + timeout_s
     calm_since = None
     while time.time() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
-        if running:
+        if not finished_drawing(page):
             calm_since = None
         elif calm_since is None:
             calm_since = time.time()
-        elif time.time() - calm_since > quiet_s and charts_drawn(page):
+        elif time.time() - calm_since > quiet_s:
             return
         time.sleep(0.2)
+    pytest.fail(f"{page.url} was still drawing after {timeout_s} s")
 
 
-def charts_drawn(page) -> bool:
-    """Every plotly chart on the page has drawn its SVG (they render a moment after the script ends)."""
-    return page.evaluate("() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')]"
-                         ".every(c => c.querySelector('.main-svg'))")
+def finished_drawing(page) -> bool:
+    """No script run in progress, no skeleton or stale element, and every plotly chart has its SVG
+    (charts render a moment after the script ends)."""
+    return page.evaluate("""() => !document.querySelector('[data-testid=stStatusWidget]')
+        && !document.querySelector('[data-testid=stSkeleton], [data-stale=true]')
+        && [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))""")
 
 
 def no_exceptions(page):
