@@ -49,6 +49,15 @@ def new_app(assets, monkeypatch) -> AppTest:
     return at
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stop_background_work():
+    """Analyses the pages started (accuracy curves) would otherwise go on computing in this process,
+    slowing every test after this file."""
+    yield
+    from compression.worker import shutdown_all
+    shutdown_all()
+
+
 @pytest.fixture
 def app(assets, monkeypatch):
     at = new_app(assets, monkeypatch)
