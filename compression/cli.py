@@ -34,9 +34,10 @@ def cmd_train(args) -> int:
                          schedule=args.schedule, seed=args.seed, device=args.device, cutout=args.cutout,
                          warmup=args.warmup)
     torch.manual_seed(config.seed)
-    previous = None
+    previous, width = None, args.width
     if args.init:                      # continue from a saved model (a second training phase)
-        model, _ = load_model(args.init)
+        model, meta = load_model(args.init)
+        width = float(meta.get("width", width))
         card = Path(args.init).with_suffix(".json")
         previous = json.loads(card.read_text()) if card.exists() else {"weights": Path(args.init).name}
         previous["sha256"] = sha256_file(args.init)
@@ -61,7 +62,7 @@ def cmd_train(args) -> int:
     result = evaluate(model, test_set)
     out = save_model(model, args.out)
     card = {
-        "arch": args.arch, "width": args.width, "weights": out.name,
+        "arch": args.arch, "width": width, "weights": out.name,
         "recipe": {**config.to_dict(), "optimizer": "SGD (Nesterov)", "augmentation": "pad-4 random crop + flip",
                    "train_images": len(train_set)},
         "epochs": args.epochs + (previous or {}).get("epochs", 0), "seed": args.seed,

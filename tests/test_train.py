@@ -125,3 +125,19 @@ def test_short_training_on_real_data_beats_chance_widely(cifar_root):
     last = run_to_end(train(model, train_set, TrainConfig(epochs=2, batch_size=128, lr=0.1), test_set))
     assert last.test_acc > 0.22, f"two epochs on 16k real images should reach well over 10 %, got {last.test_acc}"
     assert math.isfinite(last.loss)
+
+
+def test_a_second_phase_keeps_the_first_in_its_card(tmp_path):
+    from compression.cli import main
+
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    common = ["--arch", "resnet8", "--sample", "--limit", "256", "--batch-size", "64"]
+    assert main(["train", *common, "--width", "0.5", "--epochs", "1", "--out", str(first)]) == 0
+    assert main(["train", *common, "--init", str(first), "--epochs", "0.5", "--lr", "0.05",
+                 "--out", str(second)]) == 0
+    card = json.loads(second.with_suffix(".json").read_text())
+    first_card = json.loads(first.with_suffix(".json").read_text())
+    assert card["width"] == 0.5                      # from the weights, not the --width default
+    assert card["epochs"] == 1.5 and card["phase_epochs"] == 0.5
+    assert card["previous_phase"]["sha256"] == first_card["sha256"]
+    assert load_model(second)[0].arch == "resnet8"
