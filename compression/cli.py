@@ -74,10 +74,11 @@ def cmd_train(args) -> int:
         "trained_on": time.strftime("%Y-%m-%d"),
     }
     if previous:
-        card["recipe"]["phase"] = 2
+        card["recipe"]["phase"] = previous.get("recipe", {}).get("phase", 1) + 1
         card["phase_epochs"] = args.epochs
-        card["previous_phase"] = {k: previous.get(k) for k in ("recipe", "epochs", "training_time_s", "hardware",
-                                                               "test_accuracy", "sha256", "trained_on")}
+        card["previous_phase"] = {k: previous[k] for k in ("recipe", "epochs", "phase_epochs", "training_time_s",
+                                                           "hardware", "test_accuracy", "sha256", "trained_on",
+                                                           "previous_phase") if k in previous}
     Path(out).with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     if args.json:
         _print_json(card)

@@ -140,4 +140,19 @@ def test_a_second_phase_keeps_the_first_in_its_card(tmp_path):
     assert card["width"] == 0.5                      # from the weights, not the --width default
     assert card["epochs"] == 1.5 and card["phase_epochs"] == 0.5
     assert card["previous_phase"]["sha256"] == first_card["sha256"]
+    assert card["recipe"]["phase"] == 2
     assert load_model(second)[0].arch == "resnet8"
+
+
+def test_a_third_phase_keeps_the_whole_chain_in_its_card(tmp_path):
+    from compression.cli import main
+
+    paths = [tmp_path / f"phase{i}.safetensors" for i in (1, 2, 3)]
+    common = ["--arch", "resnet8", "--sample", "--limit", "128", "--batch-size", "64", "--epochs", "0.5"]
+    assert main(["train", *common, "--out", str(paths[0])]) == 0
+    assert main(["train", *common, "--init", str(paths[0]), "--out", str(paths[1])]) == 0
+    assert main(["train", *common, "--init", str(paths[1]), "--out", str(paths[2])]) == 0
+    cards = [json.loads(p.with_suffix(".json").read_text()) for p in paths]
+    assert cards[2]["recipe"]["phase"] == 3 and cards[2]["epochs"] == 1.5
+    assert cards[2]["previous_phase"]["sha256"] == cards[1]["sha256"]
+    assert cards[2]["previous_phase"]["previous_phase"]["sha256"] == cards[0]["sha256"]
