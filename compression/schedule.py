@@ -70,9 +70,10 @@ def finetune(model: nn.Module, train_set: ImageSet, epochs: float, test_set: Ima
 def gradual_prune(model: nn.Module, final: float, train_set: ImageSet, epochs: float,
                   test_set: ImageSet | None = None, method: str = "magnitude", scope: str = "global",
                   exempt: Iterable[str] = (), lr: float = 0.02, prune_every: int = 50,
-                  **kw) -> Iterator[TrainEvent]:
-    """AGP: prune gradually while fine-tuning, in place. Yields training events."""
-    hook = agp_step_hook(final, method, scope, exempt, prune_every=prune_every,
+                  end_fraction: float = 0.75, **kw) -> Iterator[TrainEvent]:
+    """AGP: prune gradually while fine-tuning, in place, reaching `final` after `end_fraction` of the
+    steps (the rest fine-tunes at full sparsity). Yields training events."""
+    hook = agp_step_hook(final, method, scope, exempt, prune_every=prune_every, end_fraction=end_fraction,
                          data=train_set if method == "gradient" else None)
     yield from finetune(model, train_set, epochs, test_set, lr=lr, step_hook=hook, **kw)
     prune(model, final, method, scope, exempt=exempt, data=train_set, inplace=True)  # land exactly on target

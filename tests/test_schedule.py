@@ -35,6 +35,17 @@ def test_gradual_pruning_ends_exactly_at_target_and_passes_through_the_schedule(
     assert 0.0 < min(seen[1:]) < 0.8, "sparsity must rise gradually, not jump"
 
 
+def test_gradual_pruning_reaches_the_target_at_its_end_fraction():
+    model = create_model("resnet8", width=0.25)
+    by_step = {}
+    for event in gradual_prune(model, 0.8, toy_set(256), epochs=2, batch_size=32, lr=0.05, augment=False,
+                               prune_every=1, events_every=1, end_fraction=0.5):
+        by_step[event.step] = sparsity(model)
+    total = max(by_step)
+    assert by_step[total // 2 - 1] < 0.8 - 1e-3
+    assert by_step[total // 2] == pytest.approx(0.8, abs=1e-3)
+
+
 def test_iterative_prune_yields_one_result_per_round():
     model = create_model("resnet8", width=0.25)
     rounds = [r for r in iterative_prune(model, 0.75, 3, toy_set(128), 0.5, eval_set=toy_set(64, seed=2))
