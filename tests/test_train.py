@@ -108,9 +108,12 @@ def test_shipped_weights_reproduce_their_card(cifar_root, name):
 TARGETS = {"resnet20": 0.90, "resnet8": 0.84}
 
 
-@pytest.mark.xfail(reason="known gap: the shipped weights (see their cards' test_accuracy) are under the "
-                          "foundation issue's targets; more training is owed")
-@pytest.mark.parametrize("name", ["resnet20", "resnet8"])
+@pytest.mark.parametrize("name", [
+    pytest.param("resnet20", marks=pytest.mark.xfail(
+        reason="known gap: the shipped resnet20 (see its card's test_accuracy) is under the foundation "
+               "issue's 90 %; a longer schedule is owed", strict=True)),
+    "resnet8",
+])
 def test_shipped_weights_meet_their_targets(name):
     card = json.loads((ASSETS / f"{name}.json").read_text())
     assert card["test_accuracy"] >= TARGETS[name]
