@@ -346,3 +346,21 @@ def test_read_only_functions_never_hook_the_callers_model(model, calib, monkeypa
     layer_table(model)
     assert hooked, "the functions above do hook modules (of their copies)"
     assert not ours.intersection(hooked)
+
+
+# --- adaptive BN --------------------------------------------------------------------------------------
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_its_inputs(model, calib):
+    """After recalibration the stem BN's running mean and (unbiased) variance are exactly those of the
+    stem conv's outputs over the data; weights are untouched; momentum and mode are restored."""
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    with torch.no_grad():   # the model normalises its [0, 1] input itself, then the stem conv
+        stem = model.conv1((calib.images.float() / 255 - model.mean) / model.std)
+    st.recalibrate_batchnorm(model, calib, batches=2, batch_size=32)   # 2 × 32 = all 64 images
+    torch.testing.assert_close(model.bn1.running_mean, stem.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    # momentum None averages the per-batch unbiased variances of the two equal halves
+    halves = stem.split(32)
+    var = torch.stack([h.var(dim=(0, 2, 3), unbiased=True) for h in halves]).mean(0)
+    torch.testing.assert_close(model.bn1.running_var, var, rtol=1e-4, atol=1e-5)
+    assert model.bn1.momentum == 0.1 and not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
