@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from compression import data as D  # noqa: E402
-from compression.distill import distill  # noqa: E402
+from compression.distill import distill, distillation_loss_fn  # noqa: E402
 from compression.files import load_model  # noqa: E402
 from compression.int8 import compare_latency as int8_latency, int8_export_bytes, to_int8  # noqa: E402
 from compression.metrics import compare_latency, count_macs, fp32_bytes  # noqa: E402
@@ -29,31 +29,48 @@ from compression.prune import prune, sparsity  # noqa: E402
 from compression.quantize import convert_qat, prepare_qat, quantize_model  # noqa: E402
 from compression.schedule import finetune, gradual_prune  # noqa: E402
 from compression.share import bake_shared, cluster_weights, prepare_shared  # noqa: E402
-from compression.structured import prune_to_macs  # noqa: E402
+from compression.structured import channel_counts, prune_to_macs, recalibrate_batchnorm  # noqa: E402
 from compression.train import TrainConfig, cpu_model, evaluate, run_to_end, train  # noqa: E402
 
 TEACHER_TARGET = 90.0   # % on the full test set (the foundation issue's target for resnet20)
-# Epochs over the 50,000 training images. The first plan (run on 2026-11-24 against the 88.30 % teacher,
-# table in git history at commit 2d67f00) missed five targets. The second plan below was set once, before
-# its run and without looking at the test accuracy of any candidate: it gives the rows that missed more
-# fine-tuning, and nothing else changes. PLAN_CHANGES says what changed, in the table's words.
+# Epochs over the 50,000 training images. Each plan was fixed here before its run; no candidate setting
+# was ever tried on the test set. The first plan (run against the 88.30 % teacher, full table in git
+# history at commit 2d67f00) missed five targets. The second plan (commit 3e9107d) gave those rows more
+# fine-tuning; its run was cut short after the structured row, where 90 % sparsity and structured pruning
+# still missed. This third plan changes only those two rows, by methods fixed in advance:
+# fine-tuning distils from the dense parent, and the structured candidate is picked on latency and on
+# held-out *training* images. PLAN_CHANGES says what differs from the first plan, in the table's words.
 FIRST_PLAN = {"qat": 2, "prune50": 0, "prune90": 10, "structured": 8, "kd": 15, "centroids": 0}
-BUDGET = {"qat": 2, "prune50": 1, "prune90": 15, "structured": 10, "kd": 15, "centroids": 2}
+SECOND_PLAN = {"qat": 2, "prune50": 1, "prune90": 15, "structured": 10, "kd": 15, "centroids": 2}
+BUDGET = {"qat": 2, "prune50": 1, "prune90": 15, "structured": 15, "kd": 15, "centroids": 2}
 PLAN_CHANGES = [
     "50 % sparsity: the one-shot row stays as it was; a second row adds 1 epoch of fine-tuning (lr 0.01)",
-    "90 % sparsity: 15 epochs instead of 10; AGP reaches 90 % at half of them instead of three quarters",
-    "structured pruning: 10 epochs instead of 8; the MACs target is the largest of 50/45/40/35 % whose "
-    "pruned model measures ≥ 1.7× faster than the dense one (latency only) instead of a fixed 50 %",
+    "90 % sparsity: 15 epochs instead of 10; AGP reaches 90 % at half of them instead of three quarters; "
+    "the fine-tuning loss distils from the dense resnet20 (T = 4, α = 0.9) instead of plain cross-entropy",
+    "structured pruning: 15 epochs instead of 8, distilling from the dense resnet20 (T = 4, α = 0.9); "
+    "instead of one fixed configuration, four (local or global ranking, widths rounded to multiples of 8 "
+    "or not) are each pruned to ≤ 50 % of the MACs; of those measuring ≥ 1.7× faster than the dense model "
+    "(or the fastest, if none does), the one with the best accuracy before fine-tuning, after re-estimating "
+    "its BatchNorm statistics on 2,048 training images (adaptive BN), on 2,000 other training images is kept",
     "16 clusters: 2 epochs of centroid fine-tuning instead of none (lr 0.005, no weight decay)",
 ]
 AGP_END = 0.5           # fraction of the 90 % run's steps at which AGP reaches 90 % (first plan: 0.75)
-# Structured pruning: the largest of these MACs fractions whose pruned model is at least STRUCTURED_PICK
-# times faster than the dense one on this CPU, chosen from latency alone (no accuracy is looked at). The
-# speedup in the table is a second, separate measurement after fine-tuning; the pick's margin over the
-# 1.6× target absorbs the noise between the two.
-STRUCTURED_MACS = (0.5, 0.45, 0.4, 0.35)
+KD_FINETUNE = {"T": 4.0, "alpha": 0.9}   # distillation from the dense parent while fine-tuning (third plan)
+# Structured pruning: every candidate is pruned (L1 filters) to at most STRUCTURED_MACS of the dense
+# MACs. Those measuring at least STRUCTURED_PICK times faster than the dense model at batch 256 are
+# eligible (the margin over the 1.6× target absorbs the noise between this and the table's separate
+# measurement after fine-tuning); among them the best on PICK_IMAGES training images, before any
+# fine-tuning but after adaptive BN on RECALIBRATION_IMAGES others, is kept. The test set plays no part.
+STRUCTURED_MACS = 0.5
+STRUCTURED_CANDIDATES = {   # name: (global ranking, round widths to)
+    "local, multiples of 8": (False, 8),
+    "local, any width": (False, None),
+    "global, multiples of 8": (True, 8),
+    "global, any width": (True, None),
+}
 STRUCTURED_PICK = 1.7
-
+PICK_IMAGES = 2000      # the last images of the training split
+RECALIBRATION_IMAGES = 2048   # the first ones
 
 def main():
     p = argparse.ArgumentParser()
@@ -110,7 +127,7 @@ def main():
             met=None if target else True, note="" if target else "reported, no target")
 
     int8 = to_int8(base, calib)
-    timing = int8_latency(base, int8, batch_size=256, repeats=9)
+    timing = int8_latency(base, int8, batch_size=256, repeats=25)
     int8_acc = evaluate(int8, test_set, batch_size=250).accuracy
     blob = int8_export_bytes(int8)
     speed_ok = timing["speedup"] >= 2.0
@@ -131,26 +148,31 @@ def main():
         extra=f"sparsity {100 * sparsity(p50):.2f} %")
     p90 = create_model("resnet20")
     p90.load_state_dict(base.state_dict())
-    run_to_end(gradual_prune(p90, 0.9, train_set, budget["prune90"], lr=0.05, end_fraction=AGP_END))
+    run_to_end(gradual_prune(p90, 0.9, train_set, budget["prune90"], lr=0.05, end_fraction=AGP_END,
+                             loss_fn=distillation_loss_fn(base, **KD_FINETUNE)))
     p90_acc = acc(p90)
     row("90 % global magnitude sparsity, fine-tuned",
         f"AGP from 0 to 90 % over the first {100 * AGP_END:.0f} % of fine-tuning",
-        f"{budget['prune90']} epochs, lr 0.05 cosine", p90_acc, 1.5, f"{len(pack_model(p90)) / 1024:.0f} KiB packed",
+        f"{budget['prune90']} epochs, lr 0.05 cosine, distilling from the dense resnet20 (T = 4, α = 0.9)", p90_acc, 1.5, f"{len(pack_model(p90)) / 1024:.0f} KiB packed",
         extra=f"sparsity {100 * sparsity(p90):.2f} %")
 
-    fraction, small, pick_speedups = pick_structured(base)
+    name, small, pick_text = pick_structured(base, train_set.subset(slice(0, RECALIBRATION_IMAGES), "recalibration"),
+                                             train_set.subset(slice(-PICK_IMAGES, None), "held-out"))
     before_ft = acc(small)
-    run_to_end(finetune(small, train_set, budget["structured"], lr=0.05))
+    run_to_end(finetune(small, train_set, budget["structured"], lr=0.05,
+                        loss_fn=distillation_loss_fn(base, **KD_FINETUNE)))
     macs = count_macs(small)[0] / count_macs(base)[0]
-    lat = compare_latency({"dense": base, "pruned": small}, batch_size=256, repeats=9)
+    lat = compare_latency({"dense": base, "pruned": small}, batch_size=256, repeats=25)
     speedup = lat["dense"] / lat["pruned"]
     drop = 100 * (base_acc - acc(small))
-    row("Structured filter pruning to ≤ half the MACs", "L1 filters, channels rounded to multiples of 8 "
-        "(Torch-Pruning groups)", f"{budget['structured']} epochs, lr 0.05 cosine", acc(small), 1.5,
+    widths = sorted(set(channel_counts(small).values()) - {10})
+    row("Structured filter pruning to ≤ half the MACs", f"L1 filters, {name} (Torch-Pruning groups); "
+        f"conv widths {widths}", f"{budget['structured']} epochs, lr 0.05 cosine, distilling from the dense "
+        f"resnet20 (T = 4, α = 0.9)", acc(small), 1.5,
         f"{sum(p.numel() for p in small.parameters()):,} params",
-        extra=f"MACs {100 * macs:.0f} % of dense; CPU batch 256: {lat['dense']:.0f} → {lat['pruned']:.0f} ms, "
-              f"**{speedup:.2f}×** (target ≥ 1.6×); before fine-tuning {100 * before_ft:.2f} %; MACs target "
-              f"{fraction:.0%} picked by latency alone (speedups {pick_speedups})",
+        extra=f"MACs {100 * macs:.1f} % of dense; CPU batch 256: {lat['dense']:.0f} → {lat['pruned']:.0f} ms, "
+              f"**{speedup:.2f}×** (target ≥ 1.6×); before fine-tuning (after adaptive BN) {100 * before_ft:.2f} %; "
+              f"candidates ({pick_text})",
         met=drop <= 1.5 and speedup >= 1.6 and macs <= 0.5)
 
     # Distillation --------------------------------------------------------------------------------------
@@ -196,7 +218,8 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d"), "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "python": platform.python_version(), "minutes": round(elapsed / 60, 1),
             "baseline_accuracy": round(100 * base_acc, 2), "quick": args.quick, "model": Path(args.model).name,
-            "budget": BUDGET, "first_plan": FIRST_PLAN, "plan_changes": PLAN_CHANGES}
+            "budget": BUDGET, "first_plan": FIRST_PLAN, "second_plan": SECOND_PLAN, "plan": 3,
+            "plan_changes": PLAN_CHANGES}
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     (out / ("results-quick.json" if args.quick else "results.json")).write_text(
@@ -206,16 +229,24 @@ def main():
     print(f"done in {elapsed / 60:.1f} min")
 
 
-def pick_structured(base):
-    """(fraction, pruned model, speedups seen): the first of STRUCTURED_MACS that runs STRUCTURED_PICK×
-    faster than `base` at batch 256, or the smallest fraction when none does. Latency only."""
-    candidates = {f: prune_to_macs(base, f, "l1", round_to=8) for f in STRUCTURED_MACS}
-    lat = compare_latency({"dense": base, **candidates}, batch_size=256, repeats=9)
-    speedups = {f: round(lat["dense"] / lat[f], 2) for f in candidates}
-    print(f"structured pick: speedups by MACs target {speedups}", flush=True)
-    fraction = next((f for f in candidates if speedups[f] >= STRUCTURED_PICK), STRUCTURED_MACS[-1])
-    shown = ", ".join(f"{f:.0%}: {v}×" for f, v in speedups.items())
-    return fraction, candidates[fraction], shown
+def pick_structured(base, recalibration, held_out):
+    """(name, pruned model, what was measured): each of STRUCTURED_CANDIDATES pruned to ≤ STRUCTURED_MACS
+    of the MACs; those ≥ STRUCTURED_PICK× faster than `base` at batch 256 (or the fastest, if none is)
+    are eligible, and the one most accurate on `held_out` training images before fine-tuning, once its
+    BatchNorm statistics are re-estimated on `recalibration` images, is kept."""
+    candidates = {name: prune_to_macs(base, STRUCTURED_MACS, "l1", global_pruning=g, round_to=r)
+                  for name, (g, r) in STRUCTURED_CANDIDATES.items()}
+    lat = compare_latency({"dense": base, **candidates}, batch_size=256, repeats=25)
+    speedups = {name: lat["dense"] / lat[name] for name in candidates}
+    eligible = [n for n in candidates if speedups[n] >= STRUCTURED_PICK] or [max(speedups, key=speedups.get)]
+    for model in candidates.values():
+        recalibrate_batchnorm(model, recalibration)
+    held = {n: evaluate(candidates[n], held_out).accuracy for n in candidates}
+    name = max(eligible, key=held.get)
+    shown = "; ".join(f"{n}: MACs {100 * count_macs(m)[0] / count_macs(base)[0]:.1f} %, {speedups[n]:.2f}×, "
+                      f"held-out {100 * held[n]:.1f} %" for n, m in candidates.items())
+    print(f"structured pick: {name} from {shown}", flush=True)
+    return name, candidates[name], shown
 
 
 def render(meta, rows) -> str:
@@ -233,7 +264,13 @@ def render(meta, rows) -> str:
         f"the 50,000 training images. Budgets were fixed in `bench/results.py` before the run; nothing was "
         f"tuned on the test set.",
         "",
-        *(["This is the second plan. The first plan's run missed five targets (its table is in the git "
+        *(["This is the third plan. The first plan's run missed five targets (its table is in the git "
+           "history of this file, commit 2d67f00). A second plan gave those rows more fine-tuning (commit "
+           "3e9107d); its run was cut short after the structured row, with 90 % sparsity and structured "
+           "pruning still missing. Each plan was fixed in `bench/results.py` before its run, without trying "
+           "candidates on the test set. What this plan changes against the first:", "",
+           *[f"- {change}" for change in meta["plan_changes"]], ""] if meta.get("plan") == 3 else
+          ["This is the second plan. The first plan's run missed five targets (its table is in the git "
            "history of this file, commit 2d67f00). The budgets of the rows that missed were raised once, "
            "before this run, without trying candidates on the test set:", "",
            *[f"- {change}" for change in meta["plan_changes"]], ""] if meta.get("plan_changes") else []),
