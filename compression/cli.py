@@ -12,7 +12,7 @@ import torch
 from . import data as D
 from .files import ModelFileError, load_model, save_model, sha256_file
 from .models import ARCHS, create_model
-from .train import TrainConfig, evaluate, hardware_name, pick_device, train
+from .train import CheckpointError, TrainConfig, evaluate, hardware_name, pick_device, train
 
 
 def _print_json(obj) -> None:
@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
         model = create_model(args.arch, args.width)
     log = open(args.log, "a") if args.log else None
     last = None
-    for event in train(model, train_set, config, test_set, events_every=50):
+    for event in train(model, train_set, config, test_set, events_every=50, checkpoint=args.checkpoint):
         last = event
         line = (f"[{event.kind}] step {event.step}/{event.total_steps} epoch {event.epoch:.2f} "
                 f"loss {event.loss:.4f} train {event.train_acc:.4f} lr {event.lr:.4f} "
@@ -403,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only")
     p.add_argument("--out", required=True, help="where to write the .safetensors (a .json card goes beside it)")
     p.add_argument("--log", help="append progress lines to this file")
+    p.add_argument("--checkpoint", help="save the run here at every epoch's end; if the file exists, resume "
+                   "from it (same settings) and end with the same weights as an unbroken run")
     p.add_argument("--json", action="store_true")
     data_args(p)
     p.set_defaults(func=cmd_train)
@@ -515,6 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (D.DataError, ModelFileError) as exc:
+    except (D.DataError, ModelFileError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,14 +3,18 @@ quantization-aware training and knowledge distillation.
 
 `train()` is a generator of progress events, so the CLI prints them, the app's worker stores them and
 the tests assert on them, all from the same code. Stop early by closing the generator or by setting
-`stop` (checked between steps).
+`stop` (checked between steps). With a `checkpoint` file a run saves itself at every epoch's end and a
+later call with the same file and settings carries on from there, ending with the very same weights as
+an uninterrupted run (a long schedule can span several sittings).
 """
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -126,12 +130,15 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: ImageSet | None = None, *,
           loss_fn: LossFn | None = None, step_hook: Callable[[int, int, nn.Module], None] | None = None,
-          stop: Callable[[], bool] | None = None, events_every: int = 10) -> Iterator[TrainEvent]:
+          stop: Callable[[], bool] | None = None, events_every: int = 10,
+          checkpoint: str | os.PathLike | None = None) -> Iterator[TrainEvent]:
     """Train `model` in place, yielding a TrainEvent every `events_every` steps and at each epoch end.
 
     loss_fn(model, images, labels) -> (loss, logits): the objective (default: cross-entropy with
     label smoothing); distillation and regularised training pass their own.
     step_hook(step, total_steps, model): called after each optimiser step (pruning schedules).
+    checkpoint: a file the run saves to at each epoch's end; when it exists already (same config and
+    training-set size) the run resumes from it instead of starting over.
     """
     device = pick_device(config.device)
     generator = seed_everything(config.seed)
@@ -149,7 +156,16 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     last_loss, last_acc = float("nan"), float("nan")
     order = torch.randperm(n, generator=generator).to(device)
     position = 0
-    rate, mark = None, (start, 0)          # recent images/s (moving average), and where it was last taken
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, config, n)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        order, position, step, seen = state["order"].to(device), state["position"], state["step"], state["seen"]
+        last_loss, last_acc = state["last_loss"], state["last_acc"]
+        start -= state["elapsed_s"]        # the card's training time counts every sitting
+    rate, mark = None, (time.perf_counter(), seen)   # recent images/s (moving average), and where it was last taken
     while step < total:
         if stop is not None and stop():
             break
@@ -199,12 +215,49 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
             if epoch_end:
                 last_loss, last_acc = loss_sum / count, correct / count
                 correct, loss_sum, count = 0, 0.0, 0
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, config, n, model=model.state_dict(),
+                                    optimizer=optimizer.state_dict(), generator=generator.get_state(),
+                                    torch_rng=torch.get_rng_state(), order=order.cpu(), position=position,
+                                    step=step, seen=seen, last_loss=last_loss, last_acc=last_acc,
+                                    elapsed_s=time.perf_counter() - start)
     model.eval()
     if device.type == "cpu":
         model.to(memory_format=torch.contiguous_format)   # stored models are always plain contiguous
     elapsed = time.perf_counter() - start
     final_acc = evaluate(model, test_set, device=device).accuracy if test_set is not None else None
     yield TrainEvent("done", step, total, step / steps_per_epoch, last_loss, last_acc, 0.0, seen / max(elapsed, 1e-9), 0.0, final_acc, elapsed)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be resumed from (unreadable, or another run's)."""
+
+
+def save_checkpoint(path: str | os.PathLike, config: TrainConfig, train_images: int, **state) -> None:
+    """Write a resumable training state (written beside, then renamed over: a crash mid-write leaves
+    the previous checkpoint whole)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": config.to_dict(), "train_images": train_images, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, config: TrainConfig, train_images: int) -> dict:
+    """A checkpoint written by save_checkpoint for this very run (tensors and plain values only: loading
+    executes no code). Raises CheckpointError when it belongs to a run with other settings."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable training checkpoint ({err}); delete it to start over") from err
+    if not isinstance(state, dict) or "config" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint; delete it to start over")
+    ours = {**config.to_dict(), "device": None}
+    theirs = {**state["config"], "device": None}   # a run may resume on another device
+    if theirs != ours or state["train_images"] != train_images:
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed) or 'training images'}); "
+                         "resume with the same settings, or delete it to start over")
+    return state
 
 
 def run_to_end(events: Iterator[TrainEvent], log: Callable[[TrainEvent], None] | None = None) -> TrainEvent:

@@ -9,7 +9,7 @@ from compression.data import load_cifar10
 from compression.files import load_model
 from compression.models import create_model
 from helpers import toy_set
-from compression.train import TrainConfig, evaluate, lr_at, run_to_end, train
+from compression.train import CheckpointError, TrainConfig, evaluate, lr_at, run_to_end, train
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -68,6 +68,45 @@ def test_closing_the_generator_stops_training():
     before = model.fc.weight.clone()
     gen.close()
     assert torch.equal(before, model.fc.weight)
+
+
+def stopped_after_epochs(epochs: int):
+    """A stop() for train(): true once `epochs` epoch-end events have gone by (counted via the list)."""
+    ends = []
+    return ends, lambda: len(ends) >= epochs
+
+
+def test_a_resumed_run_ends_with_the_same_weights_as_an_unbroken_one(tmp_path):
+    config = tiny_config(epochs=3, augment=True, cutout=8)   # shuffling, crops and cutout all draw random numbers
+    torch.manual_seed(0)
+    unbroken = create_model("resnet8", width=0.25)
+    run_to_end(train(unbroken, toy_set(), config))
+
+    checkpoint = tmp_path / "run.ckpt"
+    torch.manual_seed(0)
+    first = create_model("resnet8", width=0.25)
+    ends, stop = stopped_after_epochs(1)
+    for event in train(first, toy_set(), config, stop=stop, checkpoint=checkpoint):
+        if event.kind == "epoch":
+            ends.append(event)
+    assert not torch.equal(first.fc.weight, unbroken.fc.weight)
+    torch.manual_seed(1234)          # other starting weights and global RNG state: the checkpoint must rule
+    resumed = create_model("resnet8", width=0.25)
+    events = list(train(resumed, toy_set(), config, checkpoint=checkpoint))
+    assert events[0].step > 8, "the second sitting starts after the first epoch (8 steps), not from step 0"
+    assert events[-1].step == events[-1].total_steps == 3 * 8
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in unbroken.state_dict().items())
+
+
+def test_a_checkpoint_from_other_settings_is_refused_with_a_clear_message(tmp_path):
+    checkpoint = tmp_path / "run.ckpt"
+    run_to_end(train(create_model("resnet8", width=0.25), toy_set(), tiny_config(epochs=1), checkpoint=checkpoint))
+    with pytest.raises(CheckpointError, match="other settings.*lr"):
+        run_to_end(train(create_model("resnet8", width=0.25), toy_set(), tiny_config(epochs=1, lr=0.1),
+                         checkpoint=checkpoint))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])   # truncated
+    with pytest.raises(CheckpointError, match="not a readable training checkpoint"):
+        run_to_end(train(create_model("resnet8", width=0.25), toy_set(), tiny_config(epochs=1), checkpoint=checkpoint))
 
 
 def test_onecycle_schedule_warms_up_then_anneals_to_zero():
@@ -159,3 +198,21 @@ def test_a_third_phase_keeps_the_whole_chain_in_its_card(tmp_path):
     assert cards[2]["recipe"]["phase"] == 3 and cards[2]["epochs"] == 1.5
     assert cards[2]["previous_phase"]["sha256"] == cards[1]["sha256"]
     assert cards[2]["previous_phase"]["previous_phase"]["sha256"] == cards[0]["sha256"]
+
+
+def test_the_cli_resumes_from_its_checkpoint_and_refuses_another_runs(tmp_path, capsys):
+    from compression.cli import main
+
+    ckpt, out, log = tmp_path / "run.ckpt", tmp_path / "m.safetensors", tmp_path / "log.txt"
+    common = ["--arch", "resnet8", "--width", "0.25", "--sample", "--limit", "128", "--batch-size", "64",
+              "--epochs", "1", "--checkpoint", str(ckpt), "--out", str(out), "--log", str(log)]
+    assert main(["train", *common]) == 0 and ckpt.exists()
+    first = load_model(out)[0].state_dict()
+    assert log.read_text().count("[epoch]") == 1
+    assert main(["train", *common]) == 0           # already at its end: resumes there, trains no step
+    assert log.read_text().count("[epoch]") == 1 and log.read_text().count("[done]") == 2
+    again = load_model(out)[0].state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    capsys.readouterr()
+    assert main(["train", *common, "--lr", "0.05"]) == 2
+    assert "other settings (lr)" in capsys.readouterr().err
