@@ -298,14 +298,36 @@ def render(meta, rows) -> str:
     return "\n".join(lines)
 
 
+# Why a row can miss its target: the mechanism, in words (the figures are the row's own).
+WHY = {
+    "50 % global magnitude sparsity": "one-shot means no fine-tuning at all: the weights that stay were trained "
+    "together with the ones removed. The next row is the same model after 1 epoch of fine-tuning.",
+    "90 % global magnitude sparsity, fine-tuned": "nine weights in ten go from a network that is small to begin "
+    "with (0.27 M weights); distilling from the dense model for the fixed budget did not win the whole drop back.",
+    "Structured filter pruning to ≤ half the MACs": "speed: in fp32 eager mode every BatchNorm, ReLU and residual "
+    "addition is its own pass over the feature maps, and these passes shrink more slowly than the MACs, so the "
+    "pruned model gains less time than MACs; when no candidate reaches the 1.7× the pick asks for, the fastest is "
+    "kept (the candidates are listed in the row). Accuracy: pruning a residual stream changes every block of its "
+    "stage at once, and the fixed budget did not win the whole drop back.",
+    "KD resnet20 → resnet8 (T = 4, α = 0.9)": "the two students end within a few tenths of a point of each other; "
+    "with α = 0.9 the student learns almost only from the teacher's soft targets, and one run per side cannot "
+    "separate the methods at such a margin (the first plan's run, against the 88.30 % teacher, had KD ahead).",
+    "16-cluster weight sharing on the 90 %-sparse model": "16 shared values per layer replace the surviving "
+    "weights; the 2 epochs of centroid fine-tuning won back most, not all, of the k-means error.",
+    "Deep Compression: prune 90 % → fine-tune → 16 clusters → Huffman": "its drop is the 90 % model's drop plus the "
+    "clustering's (the two rows above); when either misses, so does this row's accuracy target.",
+}
+
+
 def why_missed(row: dict) -> str:
-    """The measured figures beside the target they miss (the row's own words)."""
+    """The measured figures beside the target they miss (the row's own words), then why (WHY)."""
     measured = [f"accuracy {row['accuracy']} %"]
     if row["drop_pt"] is not None:
         measured.append(f"drop {row['drop_pt']} pt")
     if row["extra"]:
         measured.append(row["extra"])
-    return f"target {row['target']}; measured {'; '.join(measured)}."
+    why = f" Why: {WHY[row['item']]}" if row["item"] in WHY else ""
+    return f"target {row['target']}; measured {'; '.join(measured)}.{why}"
 
 
 if __name__ == "__main__":
