@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .data import ImageSet, to_float
+from .metrics import keep_freed_memory
 from .quantize import plain_weights
 
 MAX_BATCH = 4096
@@ -153,6 +154,7 @@ def compare_latency(fp32_model: nn.Module, int8_model: Int8Model, batch_size: in
                     warmup: int = 2) -> dict:
     """Median CPU time of one forward pass, fp32 eager and int8, timed alternately in the same run
     (so both see the same machine load): {"fp32_ms", "int8_ms", "speedup" = fp32_ms / int8_ms, …}."""
+    keep_freed_memory()
     fp32 = plain_weights(fp32_model).eval()
     x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()

@@ -6,12 +6,16 @@
 - bytes: fp32 safetensors, gzip of it, and the packed format (compression/packed.py);
 - compression ratio = fp32 bytes of the dense parent / packed bytes;
 - accuracy on the eval subset and on the full test set;
-- CPU latency at batch 1 and batch 256 (median of several timed runs).
+- CPU latency at batch 1 and batch 256 (median of several timed runs, with freed memory kept in the
+  process: see keep_freed_memory).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -108,9 +112,41 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+_memory_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process instead of handing it back to the OS. True when set
+    (now or before); False where there is no glibc (macOS, Windows, musl): nothing changes there.
+
+    By default glibc serves a block of 128 KiB or more with a fresh mmap and unmaps it when freed, raising
+    that threshold only as it sees large blocks come and go. A forward pass at batch 256 allocates
+    activations of up to 16 MiB, so in a fresh process every pass page-faults them in again — a cost that
+    grows with activation size, not with MACs, and that fades unpredictably as the process ages. Latency
+    is measured after calling this, so every model is timed in the same steady state
+    (bench/latency_allocator.py shows the difference). Blocks above 32 MiB are still mapped.
+    """
+    global _memory_kept
+    if _memory_kept:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    _memory_kept = bool(mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return _memory_kept
+
+
 @torch.no_grad()
 def latency_ms(model: nn.Module, batch_size: int, repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of one forward pass at `batch_size` on the CPU, in milliseconds."""
+    keep_freed_memory()
     model = model.eval()
     x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     times = []
@@ -182,6 +218,7 @@ def compare_latency(models: dict[str, nn.Module], batch_size: int = 256, repeats
                     warmup: int = 2) -> dict[str, float]:
     """Median forward time (ms) of each model at `batch_size`, timed in turn within one loop so that
     a noisy machine slows them all alike. Compare ratios, not absolute numbers."""
+    keep_freed_memory()
     x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     for m in models.values():
         m.eval()
