@@ -11,6 +11,7 @@ import torch
 
 from . import data as D
 from .files import ModelFileError, load_model, save_model, sha256_file
+from .metrics import keep_freed_memory
 from .models import ARCHS, create_model
 from .train import CheckpointError, TrainConfig, evaluate, hardware_name, pick_device, train
 
@@ -515,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()     # training and timing need not page-fault their activations in at every step
     try:
         return args.func(args)
     except (D.DataError, ModelFileError, CheckpointError) as exc:
