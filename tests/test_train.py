@@ -149,8 +149,8 @@ TARGETS = {"resnet20": 0.90, "resnet8": 0.84}
 
 @pytest.mark.parametrize("name", [
     pytest.param("resnet20", marks=pytest.mark.xfail(
-        reason="known gap: the shipped resnet20 (see its card's test_accuracy) is under the foundation "
-               "issue's 90 %; a longer schedule is owed", strict=True)),
+        reason="known gap: the shipped resnet20 (see its card's test_accuracy; one 180-epoch run from "
+               "scratch) is under the foundation issue's 90 %", strict=True)),
     "resnet8",
 ])
 def test_shipped_weights_meet_their_targets(name):
