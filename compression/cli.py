@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                          schedule=args.schedule, seed=args.seed, device=args.device, cutout=args.cutout,
-                         warmup=args.warmup)
+                         warmup=args.warmup, swa=args.swa)
     torch.manual_seed(config.seed)
     previous, width = None, args.width
     if args.init:                      # continue from a saved model (a second training phase)
@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
     p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps warming up (onecycle)")
     p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0: none)")
+    p.add_argument("--swa", action="store_true", help="stochastic weight averaging: keep the mean of every epoch's "
+                   "weights (with its own batch-norm statistics) instead of the last ones")
     p.add_argument("--init", help="continue training from this model file (a second phase)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

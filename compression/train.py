@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from .data import ImageSet, augment, cutout, to_float
 
@@ -38,6 +39,7 @@ class TrainConfig:
     warmup: float = 0.15            # fraction of steps spent warming up (onecycle)
     augment: bool = True            # pad-4 random crop + horizontal flip
     cutout: int = 0                 # side of the cutout square (0: none)
+    swa: bool = False               # stochastic weight averaging: end with the mean of every epoch's weights
     seed: int = 0
     device: str = "auto"
     eval_every_epoch: bool = True
@@ -139,6 +141,9 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     step_hook(step, total_steps, model): called after each optimiser step (pruning schedules).
     checkpoint: a file the run saves to at each epoch's end; when it exists already (same config and
     training-set size) the run resumes from it instead of starting over.
+    With config.swa the run keeps the running mean of the weights taken at every epoch's end
+    (stochastic weight averaging, Izmailov et al. 2018: w_swa = (1/n) Σ_i w_i), recomputes the batch-norm
+    statistics of that mean on the training images, and leaves the mean in `model` at the end.
     """
     device = pick_device(config.device)
     generator = seed_everything(config.seed)
@@ -156,6 +161,17 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     last_loss, last_acc = float("nan"), float("nan")
     order = torch.randperm(n, generator=generator).to(device)
     position = 0
+    averaged = AveragedModel(model) if config.swa else None
+
+    def training_batch(index: torch.Tensor) -> torch.Tensor:
+        x = images[index]
+        if config.augment:
+            x = augment(x, generator)
+        if config.cutout:
+            x = cutout(x, config.cutout, generator)
+        x = to_float(x)
+        return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, config, n)
         model.load_state_dict(state["model"])
@@ -164,6 +180,8 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
         torch.set_rng_state(state["torch_rng"])
         order, position, step, seen = state["order"].to(device), state["position"], state["step"], state["seen"]
         last_loss, last_acc = state["last_loss"], state["last_acc"]
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
         start -= state["elapsed_s"]        # the card's training time counts every sitting
     rate, mark = None, (time.perf_counter(), seen)   # recent images/s (moving average), and where it was last taken
     while step < total:
@@ -173,15 +191,7 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
             order, position = torch.randperm(n, generator=generator).to(device), 0
         index = order[position:position + config.batch_size]
         position += config.batch_size
-        x = images[index]
-        if config.augment:
-            x = augment(x, generator)
-        if config.cutout:
-            x = cutout(x, config.cutout, generator)
-        x = to_float(x)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[index]
+        x, y = training_batch(index), labels[index]
         lr = lr_at(step, total, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -200,6 +210,8 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         epoch_end = step % steps_per_epoch == 0 or step == total
+        if epoch_end and averaged is not None:
+            averaged.update_parameters(model)
         if step % events_every == 0 or epoch_end:
             now = time.perf_counter()
             elapsed = now - start
@@ -220,7 +232,12 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
                                     optimizer=optimizer.state_dict(), generator=generator.get_state(),
                                     torch_rng=torch.get_rng_state(), order=order.cpu(), position=position,
                                     step=step, seen=seen, last_loss=last_loss, last_acc=last_acc,
-                                    elapsed_s=time.perf_counter() - start)
+                                    elapsed_s=time.perf_counter() - start,
+                                    **({"averaged": averaged.state_dict()} if averaged is not None else {}))
+    if averaged is not None and int(averaged.n_averaged) > 0:
+        batches = (training_batch(order[i:i + config.batch_size]) for i in range(0, n, config.batch_size))
+        update_bn(batches, averaged.module)   # the mean's own batch-norm statistics, one pass over the data
+        model.load_state_dict(averaged.module.state_dict())
     model.eval()
     if device.type == "cpu":
         model.to(memory_format=torch.contiguous_format)   # stored models are always plain contiguous
@@ -252,7 +269,7 @@ def load_checkpoint(path: str | os.PathLike, config: TrainConfig, train_images: 
     if not isinstance(state, dict) or "config" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint; delete it to start over")
     ours = {**config.to_dict(), "device": None}
-    theirs = {**state["config"], "device": None}   # a run may resume on another device
+    theirs = {"swa": False, **state["config"], "device": None}   # a run may resume on another device; swa came later
     if theirs != ours or state["train_images"] != train_images:
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
         raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed) or 'training images'}); "

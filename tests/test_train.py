@@ -76,8 +76,9 @@ def stopped_after_epochs(epochs: int):
     return ends, lambda: len(ends) >= epochs
 
 
-def test_a_resumed_run_ends_with_the_same_weights_as_an_unbroken_one(tmp_path):
-    config = tiny_config(epochs=3, augment=True, cutout=8)   # shuffling, crops and cutout all draw random numbers
+@pytest.mark.parametrize("swa", [False, True], ids=["plain", "swa"])
+def test_a_resumed_run_ends_with_the_same_weights_as_an_unbroken_one(tmp_path, swa):
+    config = tiny_config(epochs=3, augment=True, cutout=8, swa=swa)   # shuffling, crops and cutout all draw random numbers
     torch.manual_seed(0)
     unbroken = create_model("resnet8", width=0.25)
     run_to_end(train(unbroken, toy_set(), config))
@@ -96,6 +97,28 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_unbroken_one(tmp_path):
     assert events[0].step > 8, "the second sitting starts after the first epoch (8 steps), not from step 0"
     assert events[-1].step == events[-1].total_steps == 3 * 8
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in unbroken.state_dict().items())
+
+
+def test_swa_ends_with_the_mean_of_every_epochs_weights_and_their_own_bn_statistics():
+    data = toy_set()
+    snapshots = []
+
+    def at_epoch_end(step, total, model):
+        if step % 8 == 0:                     # 256 images, batches of 32: 8 steps an epoch
+            snapshots.append({k: v.detach().clone() for k, v in model.named_parameters()})
+
+    model = create_model("resnet8", width=0.25)
+    run_to_end(train(model, data, tiny_config(epochs=4, lr=0.2, schedule="constant", swa=True), step_hook=at_epoch_end))
+    assert len(snapshots) == 4
+    for name, value in model.named_parameters():
+        mean = torch.stack([s[name] for s in snapshots]).mean(0)
+        assert torch.allclose(value, mean, atol=1e-6), name
+    assert not torch.allclose(model.fc.weight, snapshots[-1]["fc.weight"]), "the mean is not the last epoch"
+    # The stem's batch norm was re-estimated for the mean: its running mean is the mean of the stem conv's
+    # output over the training images (no augmentation, so the pass sees each image once as it is).
+    with torch.no_grad():
+        stem = model.conv1((data.images.float() / 255 - model.mean) / model.std)
+    assert torch.allclose(model.bn1.running_mean, stem.mean((0, 2, 3)), atol=1e-4)
 
 
 def test_a_checkpoint_from_other_settings_is_refused_with_a_clear_message(tmp_path):
