@@ -2,6 +2,9 @@
 
     python bench/finetune_heldout.py --data $CIFAR10_ROOT [--row prune50|prune90|structured] [--quick]
 
+Prints a table and, unless --quick, writes it as the row's section of docs/HELDOUT.md (the other rows'
+sections stay as they are).
+
 Builds a row's pruned model as bench/results.py does, fine-tunes a fresh copy per recipe on the first
 45,000 training images and measures accuracy on the last 5,000:
 - prune50: 50 % global magnitude sparsity, 1 epoch, recipes lr × label smoothing;
@@ -14,12 +17,15 @@ the 5,000 held-out images too, so the figures show how much of the dense model's
 not test accuracy; the test set plays no part.
 """
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
 from compression import data as D  # noqa: E402
 from compression.distill import distillation_loss_fn  # noqa: E402
 from compression.files import load_model  # noqa: E402
@@ -73,17 +79,40 @@ def main():
     if args.quick:
         fit, held = fit.subset(slice(0, 2000)), held.subset(slice(0, 500))
     base, _ = load_model(args.model)
-    print(f"{args.row}, {epochs:g} epochs; held-out images: {len(held.labels)}; dense "
-          f"{100 * evaluate(base, held).accuracy:.2f} %; before fine-tuning "
-          f"{100 * evaluate(start(args.row, base, fit), held).accuracy:.2f} %")
-    print(f"| lr | label smoothing | held-out accuracy after {epochs:g} epochs (%) | seconds |")
-    print("| --- | --- | --- | --- |")
+    lines = [f"{args.row}, {epochs:g} epochs; held-out images: {len(held.labels)}; dense "
+             f"{100 * evaluate(base, held).accuracy:.2f} %; before fine-tuning "
+             f"{100 * evaluate(start(args.row, base, fit), held).accuracy:.2f} %",
+             f"| lr | label smoothing | held-out accuracy after {epochs:g} epochs (%) | seconds |",
+             "| --- | --- | --- | --- |"]
+    print("\n".join(lines), flush=True)
     for lr, smoothing in RECIPES[args.row]:
         model = start(args.row, base, fit)
         started = time.time()
         run_to_end(fine_tune(args.row, model, base, fit, epochs, lr, smoothing))
-        print(f"| {lr} | {smoothing} | {100 * evaluate(model, held).accuracy:.2f} | {time.time() - started:.0f} |",
-              flush=True)
+        lines.append(f"| {lr} | {smoothing} | {100 * evaluate(model, held).accuracy:.2f} | "
+                     f"{time.time() - started:.0f} |")
+        print(lines[-1], flush=True)
+    if not args.quick:
+        write_section(ROOT / "docs" / "HELDOUT.md", args.row, [
+            f"`python bench/finetune_heldout.py --row {args.row}{'' if args.epochs is None else f' --epochs {epochs:g}'}`"
+            f" — {time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads.", "", lines[0], "", *lines[1:]])
+
+
+HEADER = """# Fine-tuning recipes scored on held-out training images
+
+Each section is written by `python bench/finetune_heldout.py --data $CIFAR10_ROOT --row ROW` (the script's
+docstring says what it measures). `bench/results.py` takes its learning rates from these tables; the test
+set plays no part in them.
+"""
+
+
+def write_section(path: Path, row: str, body: list[str]):
+    """Replace (or add) the `## row` section of `path`, keeping every other section."""
+    text = path.read_text() if path.exists() else HEADER
+    section = f"## {row}\n\n" + "\n".join(body) + "\n"
+    pattern = re.compile(rf"^## {row}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text.rstrip() + "\n")
 
 
 if __name__ == "__main__":
