@@ -34,6 +34,13 @@ def cmd_train(args) -> int:
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                          schedule=args.schedule, seed=args.seed, device=args.device, cutout=args.cutout,
                          warmup=args.warmup, swa=args.swa)
+    loss_fn = None
+    if args.teacher:                   # distil from a trained model while training (e.g. born-again networks)
+        from .distill import distillation_loss_fn
+        teacher = load_model(args.teacher)[0]
+        config.distill = {"teacher": Path(args.teacher).name, "teacher_sha256": sha256_file(args.teacher),
+                          "T": args.temperature, "alpha": args.alpha}
+        loss_fn = distillation_loss_fn(teacher, args.temperature, args.alpha, config.label_smoothing)
     torch.manual_seed(config.seed)
     previous, width = None, args.width
     if args.init:                      # continue from a saved model (a second training phase)
@@ -48,7 +55,8 @@ def cmd_train(args) -> int:
         model = create_model(args.arch, args.width)
     log = open(args.log, "a") if args.log else None
     last = None
-    for event in train(model, train_set, config, test_set, events_every=50, checkpoint=args.checkpoint):
+    for event in train(model, train_set, config, test_set, loss_fn=loss_fn, events_every=50,
+                       checkpoint=args.checkpoint):
         last = event
         line = (f"[{event.kind}] step {event.step}/{event.total_steps} epoch {event.epoch:.2f} "
                 f"loss {event.loss:.4f} train {event.train_acc:.4f} lr {event.lr:.4f} "
@@ -401,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swa", action="store_true", help="stochastic weight averaging: keep the mean of every epoch's "
                    "weights (with its own batch-norm statistics) instead of the last ones")
     p.add_argument("--init", help="continue training from this model file (a second phase)")
+    p.add_argument("--teacher", help="distil from this model file while training: loss α·T²·KL + (1 − α)·CE")
+    p.add_argument("--temperature", "-T", type=float, default=4.0, help="distillation temperature (with --teacher)")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's soft targets (with --teacher)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only")

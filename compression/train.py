@@ -40,6 +40,8 @@ class TrainConfig:
     augment: bool = True            # pad-4 random crop + horizontal flip
     cutout: int = 0                 # side of the cutout square (0: none)
     swa: bool = False               # stochastic weight averaging: end with the mean of every epoch's weights
+    distill: dict | None = None     # when the caller's loss_fn distils: teacher (file, sha256), T, alpha; a record
+                                    # for cards and checkpoints (the loop itself only calls loss_fn)
     seed: int = 0
     device: str = "auto"
     eval_every_epoch: bool = True
@@ -269,7 +271,8 @@ def load_checkpoint(path: str | os.PathLike, config: TrainConfig, train_images: 
     if not isinstance(state, dict) or "config" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint; delete it to start over")
     ours = {**config.to_dict(), "device": None}
-    theirs = {"swa": False, **state["config"], "device": None}   # a run may resume on another device; swa came later
+    theirs = {"swa": False, "distill": None, **state["config"], "device": None}   # a run may resume on another
+    # device; swa and distill came later
     if theirs != ours or state["train_images"] != train_images:
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
         raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed) or 'training images'}); "

@@ -239,3 +239,27 @@ def test_the_cli_resumes_from_its_checkpoint_and_refuses_another_runs(tmp_path, 
     capsys.readouterr()
     assert main(["train", *common, "--lr", "0.05"]) == 2
     assert "other settings (lr)" in capsys.readouterr().err
+
+
+def test_training_with_a_teacher_distils_records_it_and_resumes_only_the_same_run(tmp_path, capsys):
+    from compression.cli import main
+    from compression.files import sha256_file
+
+    teacher, ckpt = tmp_path / "teacher.safetensors", tmp_path / "run.ckpt"
+    common = ["--arch", "resnet8", "--width", "0.25", "--sample", "--limit", "128", "--batch-size", "64",
+              "--epochs", "1", "--seed", "5"]
+    assert main(["train", *common, "--out", str(teacher)]) == 0
+    alone, kd, kd_hot = (tmp_path / f"{n}.safetensors" for n in ("alone", "kd", "kd_hot"))
+    assert main(["train", *common, "--out", str(alone)]) == 0
+    assert main(["train", *common, "--teacher", str(teacher), "--checkpoint", str(ckpt), "--out", str(kd)]) == 0
+    assert main(["train", *common, "--teacher", str(teacher), "-T", "8", "--out", str(kd_hot)]) == 0
+    weights = [load_model(p)[0].fc.weight for p in (alone, kd, kd_hot)]
+    assert not torch.equal(weights[0], weights[1]), "the teacher changes what the student learns"
+    assert not torch.equal(weights[1], weights[2]), "so does its temperature"
+    card = json.loads(kd.with_suffix(".json").read_text())
+    assert card["recipe"]["distill"] == {"teacher": "teacher.safetensors", "teacher_sha256": sha256_file(teacher),
+                                         "T": 4.0, "alpha": 0.9}
+    capsys.readouterr()
+    assert main(["train", *common, "--teacher", str(teacher), "-T", "8", "--checkpoint", str(ckpt),
+                 "--out", str(kd_hot)]) == 2, "a checkpoint of another distillation run is refused"
+    assert "distill" in capsys.readouterr().err
