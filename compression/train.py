@@ -271,8 +271,8 @@ def load_checkpoint(path: str | os.PathLike, config: TrainConfig, train_images: 
     if not isinstance(state, dict) or "config" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint; delete it to start over")
     ours = {**config.to_dict(), "device": None}
-    theirs = {"swa": False, "distill": None, **state["config"], "device": None}   # a run may resume on another
-    # device; swa and distill came later
+    # A run may resume on another device; checkpoints older than swa and distill lack them.
+    theirs = {"swa": False, "distill": None, **state["config"], "device": None}
     if theirs != ours or state["train_images"] != train_images:
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
         raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(changed) or 'training images'}); "
