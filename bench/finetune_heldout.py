@@ -2,8 +2,8 @@
 
     python bench/finetune_heldout.py --data $CIFAR10_ROOT [--row prune50|prune90|structured] [--quick]
 
-Prints a table and, unless --quick, writes it as the row's section of docs/HELDOUT.md (the other rows'
-sections stay as they are).
+Prints a table and, unless --quick, writes it as the row's section of docs/HELDOUT.md (one section per
+row and --epochs; the others stay as they are).
 
 Builds a row's pruned model as bench/results.py does, fine-tunes a fresh copy per recipe on the first
 45,000 training images and measures accuracy on the last 5,000:
@@ -93,9 +93,10 @@ def main():
                      f"{time.time() - started:.0f} |")
         print(lines[-1], flush=True)
     if not args.quick:
-        write_section(ROOT / "docs" / "HELDOUT.md", args.row, [
-            f"`python bench/finetune_heldout.py --row {args.row}{'' if args.epochs is None else f' --epochs {epochs:g}'}`"
-            f" — {time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads.", "", lines[0], "", *lines[1:]])
+        section = args.row if args.epochs is None else f"{args.row} --epochs {epochs:g}"
+        write_section(ROOT / "docs" / "HELDOUT.md", section, [
+            f"`python bench/finetune_heldout.py --row {section}` — {time.strftime('%Y-%m-%d')}, "
+            f"{torch.get_num_threads()} threads.", "", lines[0], "", *lines[1:]])
 
 
 HEADER = """# Fine-tuning recipes scored on held-out training images
@@ -110,7 +111,7 @@ def write_section(path: Path, row: str, body: list[str]):
     """Replace (or add) the `## row` section of `path`, keeping every other section."""
     text = path.read_text() if path.exists() else HEADER
     section = f"## {row}\n\n" + "\n".join(body) + "\n"
-    pattern = re.compile(rf"^## {row}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## {re.escape(row)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text.rstrip() + "\n")
 
