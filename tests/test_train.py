@@ -263,3 +263,17 @@ def test_training_with_a_teacher_distils_records_it_and_resumes_only_the_same_ru
     assert main(["train", *common, "--teacher", str(teacher), "-T", "8", "--checkpoint", str(ckpt),
                  "--out", str(kd_hot)]) == 2, "a checkpoint of another distillation run is refused"
     assert "distill" in capsys.readouterr().err
+
+
+def test_the_cli_stops_quietly_when_its_reader_has_gone():
+    import os
+    import subprocess
+    import sys
+    read_end, write_end = os.pipe()
+    os.close(read_end)                  # as `| head` does once it has its lines
+    done = subprocess.run([sys.executable, "-m", "compression", "info", "assets/resnet8.safetensors", "--json"],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    os.close(write_end)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and done.stderr == ""
