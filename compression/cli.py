@@ -37,8 +37,12 @@ def cmd_train(args) -> int:
     loss_fn = None
     if args.teacher:                   # distil from a trained model while training (e.g. born-again networks)
         from .distill import distillation_loss_fn
-        teacher = load_model(args.teacher)[0]
-        config.distill = {"teacher": Path(args.teacher).name, "teacher_sha256": sha256_file(args.teacher),
+        from .distill import MeanLogits
+        teachers = [load_model(path)[0] for path in args.teacher]
+        teacher = teachers[0] if len(teachers) == 1 else MeanLogits(teachers)
+        names, hashes = [Path(p).name for p in args.teacher], [sha256_file(p) for p in args.teacher]
+        one = len(teachers) == 1
+        config.distill = {"teacher": names[0] if one else names, "teacher_sha256": hashes[0] if one else hashes,
                           "T": args.temperature, "alpha": args.alpha}
         loss_fn = distillation_loss_fn(teacher, args.temperature, args.alpha, config.label_smoothing)
     torch.manual_seed(config.seed)
@@ -409,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swa", action="store_true", help="stochastic weight averaging: keep the mean of every epoch's "
                    "weights (with its own batch-norm statistics) instead of the last ones")
     p.add_argument("--init", help="continue training from this model file (a second phase)")
-    p.add_argument("--teacher", help="distil from this model file while training: loss α·T²·KL + (1 − α)·CE")
+    p.add_argument("--teacher", nargs="+", metavar="FILE",
+                   help="distil from this model file while training: loss α·T²·KL + (1 − α)·CE; with several "
+                        "files, from their ensemble (the mean of their logits)")
     p.add_argument("--temperature", "-T", type=float, default=4.0, help="distillation temperature (with --teacher)")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's soft targets (with --teacher)")
     p.add_argument("--seed", type=int, default=0)

@@ -69,6 +69,23 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1.0 - alpha) * hard
 
 
+class MeanLogits(nn.Module):
+    """An ensemble used as one teacher: its logits are the mean of its members' logits,
+
+        z = (1/m) · Σ_k z_k,
+
+    so several trained networks can teach a student together (Hinton et al. 2015, section 2)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
 def frozen(teacher: nn.Module) -> nn.Module:
     """A copy of the teacher in eval mode with requires_grad off: nothing can train it, its BN
     statistics stay fixed, and the caller's model is left as it was."""

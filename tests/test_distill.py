@@ -198,3 +198,16 @@ def test_softened_probabilities_of_an_image_and_a_batch(data, teacher):
     assert batch.shape == (5, 10) and torch.allclose(batch[0], probs, atol=1e-6)
     h = [entropy(softened_probabilities(teacher, image, T)).item() for T in (1, 2, 4, 8, 16)]
     assert all(a < b for a, b in zip(h, h[1:]))
+
+
+def test_an_ensemble_teacher_gives_the_mean_of_its_members_logits():
+    from compression.distill import MeanLogits
+    torch.manual_seed(0)
+    a, b = create_model("resnet8", 0.25).eval(), create_model("resnet8", 0.25).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        za, zb, z = a(x), b(x), MeanLogits([a, b]).eval()(x)
+    assert not torch.allclose(za, zb)
+    torch.testing.assert_close(z, (za + zb) / 2)
+    with pytest.raises(ValueError, match="at least one"):
+        MeanLogits([])

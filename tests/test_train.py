@@ -259,6 +259,12 @@ def test_training_with_a_teacher_distils_records_it_and_resumes_only_the_same_ru
     card = json.loads(kd.with_suffix(".json").read_text())
     assert card["recipe"]["distill"] == {"teacher": "teacher.safetensors", "teacher_sha256": sha256_file(teacher),
                                          "T": 4.0, "alpha": 0.9}
+    ensemble = tmp_path / "ensemble.safetensors"
+    assert main(["train", *common, "--teacher", str(teacher), str(kd_hot), "--out", str(ensemble)]) == 0
+    assert not torch.equal(load_model(ensemble)[0].fc.weight, weights[1]), "two teachers teach otherwise than one"
+    card = json.loads(ensemble.with_suffix(".json").read_text())
+    assert card["recipe"]["distill"]["teacher"] == ["teacher.safetensors", "kd_hot.safetensors"]
+    assert card["recipe"]["distill"]["teacher_sha256"] == [sha256_file(teacher), sha256_file(kd_hot)]
     capsys.readouterr()
     assert main(["train", *common, "--teacher", str(teacher), "-T", "8", "--checkpoint", str(ckpt),
                  "--out", str(kd_hot)]) == 2, "a checkpoint of another distillation run is refused"
