@@ -36,14 +36,14 @@ def cmd_train(args) -> int:
                          warmup=args.warmup, swa=args.swa)
     loss_fn = None
     if args.teacher:                   # distil from a trained model while training (e.g. born-again networks)
-        from .distill import distillation_loss_fn
-        from .distill import MeanLogits
+        from .distill import MeanLogits, distillation_loss_fn
         teachers = [load_model(path)[0] for path in args.teacher]
-        teacher = teachers[0] if len(teachers) == 1 else MeanLogits(teachers)
         names, hashes = [Path(p).name for p in args.teacher], [sha256_file(p) for p in args.teacher]
-        one = len(teachers) == 1
-        config.distill = {"teacher": names[0] if one else names, "teacher_sha256": hashes[0] if one else hashes,
-                          "T": args.temperature, "alpha": args.alpha}
+        if len(teachers) == 1:         # one teacher keeps the card (and checkpoint) format of single names
+            teacher, names, hashes = teachers[0], names[0], hashes[0]
+        else:
+            teacher = MeanLogits(teachers)
+        config.distill = {"teacher": names, "teacher_sha256": hashes, "T": args.temperature, "alpha": args.alpha}
         loss_fn = distillation_loss_fn(teacher, args.temperature, args.alpha, config.label_smoothing)
     torch.manual_seed(config.seed)
     previous, width = None, args.width
