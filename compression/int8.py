@@ -25,6 +25,7 @@ dynamic batch dimension fails to compile with freezing). After torch._dynamo's r
 from __future__ import annotations
 
 import io
+import logging
 import statistics
 import time
 
@@ -38,8 +39,24 @@ from .quantize import plain_weights
 MAX_BATCH = 4096
 
 
+def import_torchao_quietly() -> None:
+    """Import torchao without its import-time warnings: on a CPU build of torch it logs a "Failed to
+    load" line for each of its CUDA-only extensions, and a deprecation notice through torch's pytree
+    logger — noise in a student's terminal about code this module never uses."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def x86_quantizer():
     """The X86InductorQuantizer with its default static int8 configuration."""
+    import_torchao_quietly()
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
     quantizer = X86InductorQuantizer()
@@ -75,6 +92,7 @@ def drop_unused_parameters(program: torch.fx.GraphModule) -> None:
 
 def quantize_pt2e(model: nn.Module, calib: ImageSet, batches: int = 4, batch_size: int = 128) -> torch.fx.GraphModule:
     """Steps 1–4: the converted graph, holding int8 weights and quantize/dequantize ops (not compiled)."""
+    import_torchao_quietly()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     model = plain_weights(model).eval()   # masks baked in, simulated rounding removed

@@ -92,3 +92,18 @@ def test_compiled_int8_model_matches_the_program_and_works_with_evaluate():
     timing = int8.compare_latency(model, q, batch_size=16, repeats=2, warmup=1)
     assert timing["fp32_ms"] > 0 and timing["int8_ms"] > 0
     assert timing["speedup"] == pytest.approx(timing["fp32_ms"] / timing["int8_ms"])
+
+
+def test_importing_torchao_prints_no_warnings_about_its_unused_extensions():
+    # On a CPU build of torch, a bare `import torchao` logs "Failed to load …" for each CUDA-only
+    # extension and a pytree deprecation notice; the CLI's int8 export should not show students that.
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = "from compression.int8 import x86_quantizer; x86_quantizer(); print('quantizer ready')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "quantizer ready"
+    assert "Failed to load" not in done.stderr
+    assert "register_constant" not in done.stderr
