@@ -150,7 +150,8 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     device = pick_device(config.device)
     generator = seed_everything(config.seed)
     model.to(device)
-    if device.type == "cpu":
+    channels_last = device.type == "cpu" and channels_last_trains_safely(model)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or cross_entropy_loss(config.label_smoothing)
     optimizer = make_optimizer(model, config)
@@ -172,7 +173,7 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
         if config.cutout:
             x = cutout(x, config.cutout, generator)
         x = to_float(x)
-        return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, config, n)
@@ -248,6 +249,17 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     yield TrainEvent("done", step, total, step / steps_per_epoch, last_loss, last_acc, 0.0, seen / max(elapsed, 1e-9), 0.0, final_acc, elapsed)
 
 
+def channels_last_trains_safely(model: nn.Module) -> bool:
+    """May `model` train in channels-last (NHWC) memory on the CPU, oneDNN's fast layout?
+
+    Not when it has a 1×1 convolution of stride 2 reading fewer than 8 channels (a shortcut of a narrow
+    model, e.g. width 0.25): with torch 2.13's oneDNN, the backward pass of such a layer in channels-last
+    corrupts memory on some x86 CPUs (seen here: segfaults with one thread, hangs or segfaults with two;
+    oneDNN issue #6035). Such models train in the plain layout, a little slower and correct."""
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels < 8 for m in model.modules())
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be resumed from (unreadable, or another run's)."""
 
@@ -303,11 +315,13 @@ class EvalResult:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250,
-                   device: torch.device | str | None = None) -> torch.Tensor:
+                   device: torch.device | str | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Logits for uint8 images (N, 3, 32, 32), in eval mode, on the model's device.
 
     On the CPU the batch goes in channels-last (NHWC): oneDNN's convolutions run about a third faster
-    that way. Every accuracy in the project is computed through here, so all see the same numbers."""
+    that way. Every accuracy in the project is computed through here, so all see the same numbers.
+    `progress(images done, images in all)` is called after each batch; it may raise to stop early."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -317,14 +331,21 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
+        if progress is not None:
+            try:
+                progress(min(i + batch_size, len(images)), len(images))
+            except BaseException:
+                model.train(was_training)
+                raise
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
 
 
 def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 250, device=None,
-             num_classes: int = 10) -> EvalResult:
-    """Accuracy, per-class accuracy, confusion matrix and mean cross-entropy on `data`."""
-    logits = predict_logits(model, data.images, batch_size, device)
+             num_classes: int = 10, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Accuracy, per-class accuracy, confusion matrix and mean cross-entropy on `data`
+    (`progress` as in predict_logits)."""
+    logits = predict_logits(model, data.images, batch_size, device, progress)
     labels = data.labels.cpu()
     pred = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)

@@ -283,3 +283,13 @@ def test_the_cli_stops_quietly_when_its_reader_has_gone():
     os.close(write_end)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and done.stderr == ""
+
+
+def test_narrow_shortcuts_train_in_the_plain_layout():
+    """oneDNN's channels-last backward of a 1×1 stride-2 conv with few input channels corrupts memory on some
+    CPUs (segfaults, hangs): such models train in the plain layout, wider ones in channels-last."""
+    from compression.train import channels_last_trains_safely
+
+    assert not channels_last_trains_safely(create_model("resnet8", 0.25))     # shortcut reads 4 channels
+    assert channels_last_trains_safely(create_model("resnet8", 0.5))          # 8 channels
+    assert channels_last_trains_safely(create_model("resnet20"))
