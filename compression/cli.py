@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -534,10 +535,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Whatever goes wrong ends in one line on stderr and exit status 2, never a traceback:
+    errors the user can cause say what to do; anything else names itself as a bug (set
+    PLAYGROUND_DEBUG=1 to see the traceback)."""
     args = build_parser().parse_args(argv)
     keep_freed_memory()     # training and timing need not page-fault their activations in at every step
     try:
         return args.func(args)
-    except (D.DataError, ModelFileError, CheckpointError) as exc:
+    except (D.DataError, ModelFileError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except BrokenPipeError:            # the reader went away: __main__ stops quietly
+        raise
+    except Exception as exc:
+        if os.environ.get("PLAYGROUND_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__} ({exc}); this is a bug: please report it with the "
+              f"command you ran (PLAYGROUND_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2

@@ -68,34 +68,71 @@ def batches_dir(root: str | os.PathLike | None = None) -> Path:
     return root / FOLDER
 
 
+def checked_folder(root: str | os.PathLike | None, allowed: list[str] | None = None) -> Path:
+    """The real path (links followed) of the `cifar-10-batches-py/` folder in `root`; with `allowed`,
+    it must lie inside one of those folders, else DataError."""
+    folder = batches_dir(root).resolve()
+    if allowed is not None and not any(folder.is_relative_to(Path(a).expanduser().resolve()) for a in allowed):
+        raise DataError(f"{root} is outside the folders this server opens to visitors.")
+    return folder
+
+
 def has_cifar10(root: str | os.PathLike | None = None) -> bool:
     folder = batches_dir(root)
     return all((folder / f).is_file() for f in TRAIN_FILES + TEST_FILES)
 
 
+BATCH_IMAGES = 10_000          # every official batch file holds 10,000 images
+MAX_BATCH_BYTES = 40_000_000   # an official batch file is 30.7 MB
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file's (images (N, 3, 32, 32) uint8, labels (N,) int64), checked against CIFAR's real
+    shapes before any array is built from it: a pickle can describe a huge array in a few bytes."""
     advice = "Delete the folder and download CIFAR-10 again, or point --data / CIFAR10_ROOT elsewhere."
     if not path.is_file():
         raise DataError(f"{path} is missing. Download CIFAR-10 (python version) into "
                         f"{path.parent.parent}, or point --data / CIFAR10_ROOT at a folder that has it.")
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise DataError(f"{path} is {path.stat().st_size / 1e6:.0f} MB, larger than a CIFAR-10 batch "
+                        f"(31 MB). {advice}")
     try:
         with open(path, "rb") as fh:
             batch = _SafeUnpickler(fh, encoding="latin1").load()
     except DataError:
         raise
     except Exception as exc:  # truncated or not a pickle at all
-        raise DataError(f"{path} could not be read ({type(exc).__name__}: {exc}). {advice}") from None
+        raise DataError(f"{path} could not be read ({type(exc).__name__}). {advice}") from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError(f"{path} is not a CIFAR-10 batch (no 'data' and 'labels' entries). {advice}")
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch["labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' should be N x 3072 uint8, found {data.shape} {data.dtype}. {advice}")
-    if labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {data.shape[0]} images but {labels.shape} labels. {advice}")
-    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+    data, labels = batch["data"], batch["labels"]
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072
+            or not 0 < data.shape[0] <= BATCH_IMAGES):
+        shown = f"{data.shape} {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: 'data' should be an array of N x 3072 uint8 pixels (N up to {BATCH_IMAGES:,}), "
+                        f"found {shown}. {advice}")
+    return data.reshape(-1, 3, 32, 32), _check_labels(labels, data.shape[0], path, advice)
+
+
+def _check_labels(labels, n: int, path: Path, advice: str) -> np.ndarray:
+    """The batch's labels as int64, if they are n whole numbers 0…9 (a list, as in the official files,
+    or an integer array)."""
+    count = len(labels) if isinstance(labels, (list, tuple)) else getattr(labels, "shape", None)
+    if count not in (n, (n,)):
+        raise DataError(f"{path}: {n} images but {count if isinstance(count, int) else 'no list of'} labels. {advice}")
+    if isinstance(labels, np.ndarray):
+        ok = np.issubdtype(labels.dtype, np.integer)
+    else:
+        ok = all(type(x) is int for x in labels)
+    if not ok:
+        raise DataError(f"{path}: 'labels' should be {n:,} whole numbers (one per image). {advice}")
+    try:
+        labels = np.asarray(labels).astype(np.int64)
+    except (OverflowError, TypeError, ValueError):   # integers beyond 64 bits
+        raise DataError(f"{path}: labels must be 0..9, found larger numbers. {advice}") from None
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
         raise DataError(f"{path}: labels must be 0..9, found {labels.min()}..{labels.max()}. {advice}")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    return labels
 
 
 class _SafeUnpickler(pickle.Unpickler):

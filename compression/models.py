@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, blocks_per_stage: int, width: float = 1.0, num_classes: int = 10):
+    def __init__(self, blocks_per_stage: int, width: float = 1.0, num_classes: int = 10, init: bool = True):
         super().__init__()
         widths = [max(1, round(c * width)) for c in (16, 32, 64)]
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -61,7 +61,8 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(in_planes, num_classes)
-        self._init_weights()
+        if init:
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -83,15 +84,24 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def create_model(arch: str, width: float = 1.0, num_classes: int = 10) -> CifarResNet:
-    """Build `arch` (one of ARCHS) with channels scaled by `width`."""
+def create_model(arch: str, width: float = 1.0, num_classes: int = 10, init: bool = True) -> CifarResNet:
+    """Build `arch` (one of ARCHS) with channels scaled by `width`. `init=False` skips the weight
+    initialisation: for a model whose weights are loaded next, or one on the meta device (shapes only)."""
     if arch not in DEPTHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if not 0 < width <= 8:
         raise ValueError(f"width multiplier must be in (0, 8], got {width}")
-    model = CifarResNet(DEPTHS[arch], width, num_classes)
+    model = CifarResNet(DEPTHS[arch], width, num_classes, init)
     model.arch, model.width = arch, width
     return model
+
+
+def feature_map_side(layer: str) -> int:
+    """The side of the square feature map a layer of this family writes, by its name: 32 for the stem,
+    32, 16 and 8 in stages 1, 2 and 3 (layer1…layer3), and 1 for the classifier."""
+    if layer.startswith("layer") and layer[5:6].isdigit():
+        return 32 >> (int(layer[5]) - 1)
+    return 32 if layer.startswith("conv1") else 1
 
 
 def copy_model(model: nn.Module) -> nn.Module:

@@ -65,7 +65,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import huffman
-from .files import ModelFileError, model_from_state_dict
+from .files import ModelFileError, check_identity, check_tensor_specs, model_from_state_dict
 from .models import ARCHS
 from .prune import prunable_layers
 
@@ -464,6 +464,7 @@ def unpack_model(data: bytes, name: str = "file") -> tuple[nn.Module, dict]:
     header, payload = read_container(data, name)
     arch, width, metadata = _read_identity(header, name)
     descriptors = _read_descriptors(header, len(payload), name)
+    check_tensor_specs({d["name"]: (d["dtype"], d["shape"]) for d in descriptors}, arch, width, name)
     tensors, offset = {}, 0
     for d in descriptors:
         segments = {}
@@ -489,9 +490,13 @@ def _damaged(name: str, what: str) -> ModelFileError:
 def read_container(data: bytes, name: str = "file") -> tuple[dict, bytes]:
     """Check magic, version, length and checksum; return (header dict, payload bytes)."""
     data = bytes(data)
-    if len(data) < PREAMBLE.size or data[:4] != MAGIC:
+    if data[:4] != MAGIC:
         raise ModelFileError(f"{name} is not a packed model file (it does not start with {MAGIC!r}). "
                              f"Upload a file packed by this app, or load .safetensors weights instead.")
+    if len(data) < PREAMBLE.size + CHECKSUM_BYTES:
+        raise ModelFileError(f"{name} is truncated: a packed model file is at least "
+                             f"{PREAMBLE.size + CHECKSUM_BYTES} bytes, this one has {len(data)}. "
+                             f"The download or copy was cut short; fetch the file again.")
     _, version, header_len, payload_len = PREAMBLE.unpack_from(data)
     if version != VERSION:
         raise ModelFileError(f"{name} is packed in format version {version}; this app reads version "
@@ -536,23 +541,21 @@ def _reject_constant(constant: str):
 
 def _read_identity(header: dict, name: str) -> tuple[str, float, dict]:
     if header.get("format") != FORMAT:
-        raise _damaged(name, f"its header names format {header.get('format')!r}, not {FORMAT!r}")
+        raise _damaged(name, f"its header does not name the format {FORMAT!r}")
     arch, width, metadata = header.get("arch"), header.get("width"), header.get("metadata", {})
-    if not isinstance(arch, str) or arch not in ARCHS:
-        raise ModelFileError(f"{name} holds architecture {arch!r}, which this app does not know "
-                             f"(it knows {', '.join(ARCHS)}).")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 8:
-        raise _damaged(name, f"width {width!r} is not a multiplier in (0, 8]")
+    if isinstance(width, bool) or not isinstance(width, (int, float)):
+        raise _damaged(name, "its width multiplier is not a number")
+    arch, width = check_identity(arch, width, name)
     if not isinstance(metadata, dict):
         raise _damaged(name, "its metadata is not a JSON object")
-    return arch, float(width), metadata
+    return arch, width, metadata
 
 
 def _count(d: dict, key: str, low: int, high: int, name: str) -> int:
     value = d.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _damaged(name, f"tensor {d.get('name')!r}: {key} = {value!r}, expected an integer "
-                             f"in {low} … {high}")
+        shown = repr(value) if isinstance(value, int) and abs(value) < 1 << 64 else type(value).__name__
+        raise _damaged(name, f"tensor {d.get('name')!r}: {key} = {shown}, expected an integer in {low} … {high}")
     return value
 
 
@@ -563,7 +566,8 @@ def _read_descriptors(header: dict, payload_len: int, name: str) -> list[dict]:
         raise _damaged(name, "its header has no valid tensor list")
     out, seen, total_elements, total_bytes = [], set(), 0, 0
     for d in tensors:
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d["name"] in seen:
+        if (not isinstance(d, dict) or not isinstance(d.get("name"), str) or len(d["name"]) > 200
+                or d["name"] in seen):
             raise _damaged(name, "a tensor has no name, or a name appears twice")
         seen.add(d["name"])
         d = _read_descriptor(d, name)
@@ -579,13 +583,13 @@ def _read_descriptors(header: dict, payload_len: int, name: str) -> list[dict]:
 
 def _read_descriptor(d: dict, name: str) -> dict:
     tensor = d["name"]
-    if d.get("dtype") not in DTYPES:
-        raise _damaged(name, f"tensor {tensor!r} has dtype {d.get('dtype')!r}; allowed: {', '.join(DTYPES)}")
+    if not isinstance(d.get("dtype"), str) or d["dtype"] not in DTYPES:
+        raise _damaged(name, f"tensor {tensor!r} has no dtype this app reads (allowed: {', '.join(DTYPES)})")
     itemsize = np.dtype(DTYPES[d["dtype"]][1]).itemsize
     shape = d.get("shape")
     if (not isinstance(shape, list) or len(shape) > 8
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise _damaged(name, f"tensor {tensor!r} has shape {shape!r}")
+            or not all(type(n) is int and 0 <= n <= MAX_ELEMENTS for n in shape)):
+        raise _damaged(name, f"tensor {tensor!r} has a shape that is not a short list of sizes")
     numel = math.prod(shape)
     if numel > MAX_ELEMENTS:
         raise _damaged(name, f"tensor {tensor!r} claims {numel:,} values, more than the "
@@ -595,8 +599,8 @@ def _read_descriptor(d: dict, name: str) -> dict:
         out.update(positions="dense", values="raw", stored=numel, bytes={"values": numel * itemsize})
         return out
     layout = (d.get("positions"), d.get("values"))
-    if layout not in LAYOUTS:
-        raise _damaged(name, f"tensor {tensor!r} has an unknown layout {layout!r}")
+    if not all(isinstance(part, str) for part in layout) or layout not in LAYOUTS:
+        raise _damaged(name, f"tensor {tensor!r} has an unknown layout")
     sizes = d.get("bytes")
     if not isinstance(sizes, dict) or list(sizes) != list(LAYOUTS[layout]):
         raise _damaged(name, f"tensor {tensor!r} does not list the segments of a {layout} layout")

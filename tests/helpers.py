@@ -1,7 +1,14 @@
 """Small things several test files use."""
+import hashlib
+import json
+import zlib
+
 import torch
 
+from compression import huffman
 from compression.data import ImageSet
+from compression.models import create_model
+from compression.packed import PREAMBLE
 
 
 def toy_set(n=256, seed=0):
@@ -12,3 +19,49 @@ def toy_set(n=256, seed=0):
     for i, c in enumerate(labels.tolist()):
         images[i, :, :, 3 * c:3 * c + 3] = 255
     return ImageSet(images, labels, "toy")
+
+
+# --- packed files, taken apart and put back together (with a valid checksum) ---------------------------
+
+def read_parts(data):
+    _, _, header_len, payload_len = PREAMBLE.unpack_from(data)
+    start = PREAMBLE.size
+    header = json.loads(zlib.decompress(data[start:start + header_len]))
+    return header, data[start + header_len:start + header_len + payload_len]
+
+
+def rebuild(data, edit_header=None, edit_payload=None, version=1):
+    """A file with an edited header/payload and a *valid* checksum: what a hostile file looks like."""
+    header, payload = read_parts(data)
+    if edit_header:
+        edit_header(header)
+    if edit_payload:
+        payload = edit_payload(payload)
+    return with_checksum(zlib.compress(json.dumps(header).encode()), payload, version)
+
+
+def with_checksum(raw_header, payload, version=1):
+    body = PREAMBLE.pack(b"CMPK", version, len(raw_header), len(payload)) + raw_header + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def zero_packed(arch: str, width: float) -> bytes:
+    """A packed file of `arch` at `width` whose weights are all zero, written by hand: a few hundred KB
+    however large the model it describes (each weight tensor is 'sparse' with nothing stored)."""
+    with torch.device("meta"):
+        state = create_model(arch, width).state_dict()
+    empty_table = huffman.table_to_bytes({})
+    tensors, payload = [], b""
+    for name, t in state.items():
+        dtype = str(t.dtype).removeprefix("torch.")
+        if t.dim() in (2, 4):
+            tensors.append({"name": name, "dtype": dtype, "shape": list(t.shape), "positions": "sparse",
+                            "values": "raw", "stored": 0, "gap_symbols": 0,
+                            "bytes": {"gap_table": len(empty_table), "gaps": 0, "values": 0}})
+            payload += empty_table
+        else:
+            tensors.append({"name": name, "dtype": dtype, "shape": list(t.shape)})
+            payload += bytes(t.numel() * t.element_size())
+    header = {"format": "compression-playground-packed", "arch": arch, "width": width, "metadata": {},
+              "tensors": tensors}
+    return with_checksum(zlib.compress(json.dumps(header).encode()), payload)

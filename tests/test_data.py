@@ -166,3 +166,14 @@ def test_cutout_paints_one_square_of_mean_colour_per_image():
     assert counts.max() == 64 and counts.min() >= 16       # 8x8, or clipped at an edge (at least 4x4)
     assert torch.equal(out[:, 1][painted], torch.full_like(out[:, 1][painted], D.MEAN_PIXEL[1]))
     assert torch.equal(images, torch.zeros_like(images)), "the input is not modified"
+
+
+def test_a_folder_is_known_by_its_real_path(tmp_path):
+    checked_folder, DataError = D.checked_folder, D.DataError
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    spellings = [tmp_path, f"{tmp_path}/", f"{tmp_path}//.", tmp_path / "link", tmp_path / "cifar-10-batches-py"]
+    assert len({checked_folder(s) for s in spellings}) == 1, "one folder, one cache entry"
+    with pytest.raises(DataError, match="outside the folders"):
+        checked_folder(tmp_path, allowed=[str(tmp_path / "elsewhere")])
+    assert checked_folder(tmp_path / "link", allowed=[str(tmp_path)]) == (tmp_path / "cifar-10-batches-py").resolve()
