@@ -32,17 +32,6 @@ def assets(tmp_path_factory):
 
 
 def new_app(assets, monkeypatch) -> AppTest:
-    # AppTest forgets, before every run, that app.py uses st.navigation and, seeing a pages/ folder,
-    # would run pages on their own (old multipage mode) without app.py's sidebar. The real server
-    # remembers it after the first run; make AppTest do the same.
-    from streamlit.runtime.pages_manager import PagesManager
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
     monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
@@ -67,7 +56,7 @@ def app(assets, monkeypatch):
 
 
 def goto(at, page):
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"app_pages/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -191,7 +180,9 @@ def test_good_upload_is_evaluated_and_added(app):
     assert len(app.session_state["book"]) == before + 1
 
 
-def test_missing_data_folder_is_a_message_and_the_sample_stays(app, tmp_path):
+def test_missing_data_folder_is_a_message_and_the_sample_stays(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAYGROUND_DATA_ROOTS", str(tmp_path))       # AppTest's visitor is not on localhost
+    app.run()
     app.sidebar.radio(key="data_choice").set_value("Local folder").run()
     app.sidebar.text_input(key="data_folder").set_value(str(tmp_path / "nothing-here")).run()
     assert not app.exception
@@ -262,7 +253,7 @@ def test_a_lesson_link_restores_the_page(assets, monkeypatch):
     at = new_app(assets, monkeypatch)
     at.run()
     at.query_params.update({"bits": "3", "granularity": "per-channel", "mode": "asymmetric"})
-    at.switch_page("pages/quantize.py").run()
+    at.switch_page("app_pages/quantize.py").run()
     assert not at.exception
     assert at.select_slider(key="quantize_bits").value == 3
     assert at.radio(key="quantize_granularity").value == "per-channel"
@@ -274,3 +265,106 @@ def test_a_bad_lesson_link_falls_back_to_defaults(app):
     app.query_params.update({"bits": "banana", "ratio": "250"})
     goto(app, "quantize")
     assert app.select_slider(key="quantize_bits").value == 8
+
+
+# --- hostile and careless input (issue 16) -----------------------------------------------------------------
+
+def test_a_data_folder_with_string_labels_is_a_message_not_a_traceback(app, tmp_path, monkeypatch):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = pickle.dumps({"data": np.zeros((10, 3072), np.uint8), "labels": ["cat"] * 10}, protocol=2)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(batch)
+    monkeypatch.setenv("PLAYGROUND_DATA_ROOTS", str(tmp_path))
+    app.run()
+    app.sidebar.radio(key="data_choice").set_value("Local folder").run()
+    app.sidebar.text_input(key="data_folder").set_value(str(tmp_path)).run()
+    assert not app.exception
+    assert any("labels" in e.value and "whole numbers" in e.value for e in app.sidebar.error)
+
+
+def test_nobody_reads_server_folders_when_the_operator_says_off(assets, monkeypatch):
+    monkeypatch.setenv("PLAYGROUND_DATA_ROOTS", "off")
+    at = new_app(assets, monkeypatch)
+    at.run()
+    assert "Local folder" not in at.sidebar.radio(key="data_choice").options
+
+
+def test_visitors_from_elsewhere_cannot_read_server_folders_by_default(assets, monkeypatch):
+    monkeypatch.delenv("PLAYGROUND_DATA_ROOTS", raising=False)
+    at = new_app(assets, monkeypatch)                  # AppTest's visitor has no loopback address
+    at.run()
+    assert "Local folder" not in at.sidebar.radio(key="data_choice").options
+
+
+def test_local_folders_are_confined_to_the_operators_roots(assets, monkeypatch, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("PLAYGROUND_DATA_ROOTS", str(allowed))
+    at = new_app(assets, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="data_choice").set_value("Local folder").run()
+    at.sidebar.text_input(key="data_folder").set_value(str(allowed / ".." / "elsewhere")).run()
+    assert not at.exception
+    assert any("outside the folders" in e.value for e in at.sidebar.error)
+
+
+def test_link_values_are_shown_as_text_not_markdown(assets, monkeypatch):
+    at = new_app(assets, monkeypatch)
+    at.run()
+    at.query_params.update({"method": "[x](http://evil.example)", "scope": "![i](http://evil.example/i.png)"})
+    at.switch_page("app_pages/prune.py").run()
+    assert not at.exception
+    toasts = [t.value for t in at.toast]
+    assert len(toasts) == 2, toasts
+    for toast in toasts:
+        assert "](http" not in toast and "\\[" in toast, toast     # escaped: shown as the characters they are
+
+
+def test_a_huge_link_value_is_ignored_with_a_short_message(assets, monkeypatch):
+    at = new_app(assets, monkeypatch)
+    at.run()
+    at.query_params.update({"ratio": "7" * 100_000})
+    at.switch_page("app_pages/prune.py").run()
+    assert not at.exception
+    assert at.slider(key="prune_ratio").value == 50
+    assert len(at.toast) == 1 and len(at.toast[0].value) < 200 and "100,000 characters" in at.toast[0].value
+
+
+def test_file_metadata_in_an_error_is_shown_as_text(app):
+    model = create_model("resnet8")
+    data = state_dict_bytes(model, {"arch": "[click me](http://evil.example)"})
+    goto(app, "compare")
+    app.file_uploader(key="upload_file").set_value(("m.safetensors", data, "application/octet-stream")).run()
+    assert not app.exception
+    assert app.error and "](http" not in app.error[0].value and "click me" in app.error[0].value
+
+
+def test_an_upload_far_larger_than_the_app_makes_is_refused_at_once(app):
+    from helpers import zero_packed
+
+    goto(app, "compare")
+    before = len(app.session_state["book"])
+    app.file_uploader(key="upload_file").set_value(("huge.cmpk", zero_packed("resnet56", 8.0), "x")).run()
+    assert not app.exception
+    assert "largest model this app evaluates" in app.error[0].value
+    assert len(app.session_state["book"]) == before
+
+
+def test_a_failing_fragment_shows_a_message_not_a_traceback(tmp_path, monkeypatch):
+    script = tmp_path / "fragment_app.py"
+    script.write_text("from ui import safety\n\n"
+                      "@safety.fragment(run_every=None)\n"
+                      "def part():\n"
+                      "    raise TypeError('internal detail /srv/secret/path.py')\n\n"
+                      "part()\n")
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(script), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert "unexpected error (TypeError)" in at.error[0].value
+    assert "/srv/secret" not in at.error[0].value

@@ -27,29 +27,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(port: int, env: dict | None = None) -> subprocess.Popen:
+    """`streamlit run app.py` on 127.0.0.1:port, returned once it answers its health check."""
     if not Path(CHROMIUM).exists():
         pytest.skip("browser test: Debian's chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright")
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(ROOT / "out" / "streamlit-e2e.log", "w") if (ROOT / "out").is_dir() else subprocess.DEVNULL
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log = open(ROOT / "out" / f"streamlit-e2e-{port}.log", "w") if (ROOT / "out").is_dir() else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+            return proc
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start within 60 s")
-    yield url
+    proc.kill()
+    pytest.fail("streamlit did not start within 60 s")
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = start_server(port)
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
 
@@ -183,3 +186,38 @@ def test_a_lesson_link_opens_quantize_at_3_bits_per_channel(browser, server, sho
     assert int(metric.split()[-1].replace(",", "")) <= 8
     page.screenshot(path=str(shots / "quantize-3bit-lesson-link.png"))
     context.close()
+
+
+def test_a_lesson_link_is_the_first_request_a_fresh_server_gets(browser, shots):
+    """Deep links work before anyone has opened `/`: the sidebar, the page titles and the safety net are
+    there, the link's settings are applied, and link text that looks like Markdown stays text."""
+    port = free_port()
+    proc = start_server(port)
+    try:
+        context = browser.new_context(viewport={"width": 1500, "height": 2400})
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/prune?ratio=70&method=%5Bx%5D(http://evil.example)"
+                  f"&scope=!%5Bi%5D(http://evil.example/i.png)")
+        page.get_by_text("How far can we go?").first.wait_for(timeout=120_000)
+        settle(page)
+        no_exceptions(page)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        assert sidebar.get_by_text("Model in hand").count() > 0, "the shared sidebar must be there"
+        assert sidebar.get_by_text("Compare & Download").count() > 0, "the menu lists page titles, not file names"
+        assert page.get_by_role("slider").first.get_attribute("aria-valuetext") == "70"
+        assert page.locator('a[href*="evil"], img[src*="evil"]').count() == 0
+        page.screenshot(path=str(shots / "prune-first-request.png"))
+        context.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_huge_link_value_does_not_slow_the_page(browser, server):
+    page = browser.new_page(viewport={"width": 1500, "height": 1500})
+    page.goto(f"{server}/quantize?bits={'9' * 100_000}")
+    page.get_by_text("Keep it").first.wait_for(timeout=120_000)
+    settle(page)
+    no_exceptions(page)
+    assert page.get_by_role("slider").first.get_attribute("aria-valuetext") == "8"
+    page.close()

@@ -24,3 +24,17 @@ def duration(seconds: float | None) -> str:
         return "—"
     seconds = int(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()<>#|~:$!@"})
+
+
+def plain(text: object, limit: int = 400) -> str:
+    """`text` made safe to show where Streamlit renders Markdown (errors, toasts, captions): the
+    characters that make links, images, emphasis, code, HTML, emoji shortcodes and LaTeX are
+    backslash-escaped (so are the dots of "www." and the colon of "http://", which would otherwise be
+    linked automatically), so it shows as the characters it is; it is cut to `limit` characters."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return text.translate(_MARKDOWN).replace("www.", "www\\.")

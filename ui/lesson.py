@@ -7,6 +7,9 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from .format import plain
+
+MAX_VALUE_CHARS = 32     # every setting a link carries is a short word or number
 
 def _param(page: str, key: str) -> str:
     return key[len(page) + 1:] if key.startswith(page + "_") else key
@@ -32,7 +35,10 @@ def restore(page: str, defaults: dict, choices: dict | None = None, bounds: dict
             continue                     # the widget is live: the student's latest move wins
         value = st.session_state.get(f"_keep_{key}", default)
         raw = st.query_params.get(_param(page, key)) if first else None
-        if raw is not None:
+        if raw is not None and len(raw) > MAX_VALUE_CHARS:
+            st.toast(f"Ignored the link's {plain(_param(page, key))}: its value is {len(raw):,} characters long, "
+                     f"not a setting.")
+        elif raw is not None:
             try:
                 parsed = _parse(raw, default)
                 if key in choices and parsed not in choices[key]:
@@ -41,7 +47,7 @@ def restore(page: str, defaults: dict, choices: dict | None = None, bounds: dict
                     raise ValueError(raw)
                 value = parsed
             except ValueError:
-                st.toast(f"Ignored the link's {_param(page, key)}={raw!r}: not a valid setting.")
+                st.toast(f"Ignored the link's {plain(_param(page, key))}={plain(raw)}: not a valid setting.")
         st.session_state[key] = value
     st.session_state[f"_lesson_seen_{page}"] = True
 

@@ -6,14 +6,14 @@ import streamlit as st
 from compression import data as D
 from compression.worker import RUNNING
 
-from . import state
-from .format import accuracy, kib
+from . import safety, state
+from .format import accuracy, kib, plain
 
 
 def render() -> None:
     state.set_page_threads()
     for v in state.collect_finished_jobs():
-        st.toast(f"“{v.name}” joined the variants.")
+        st.toast(f"“{plain(v.name)}” joined the variants.")
     with st.sidebar:
         model_in_hand()
         st.divider()
@@ -39,31 +39,36 @@ def model_in_hand() -> None:
     m = current.metrics
     smaller = f"{m.compression_ratio:.1f}× smaller than dense fp32" if m.compression_ratio >= 1.05 else "not compressed yet"
     st.markdown(f"**{accuracy(m.eval_accuracy)}** eval accuracy  \n**{kib(m.bytes_packed)}** packed, {smaller}")
-    st.caption(f"{current.recipe} · sparsity {100 * m.sparsity:.1f} % · "
+    st.caption(f"{plain(current.recipe)} · sparsity {100 * m.sparsity:.1f} % · "
                f"{m.nonzero_params:,} nonzero of {m.params:,} parameters")
 
 
 def data_picker() -> None:
     st.subheader("Data")
     found = D.has_cifar10(D.resolve_root())
-    options = [state.SAMPLE, state.FULL, state.FOLDER]
+    folder_allowed, roots = state.folder_policy()
+    options = [state.SAMPLE, state.FULL] + ([state.FOLDER] if folder_allowed else [])
+    if state.data_choice() not in options:
+        st.session_state.data_choice = state.SAMPLE
     st.radio("Data in use", options, key="data_choice", label_visibility="collapsed",
              help="Live accuracy always uses the same 1,000 bundled test images (the eval subset), so every "
                   "laptop in the class sees the same numbers. Training and the full test set use this choice.")
     choice = state.data_choice()
     if choice == state.FULL and not found:
-        st.info(f"CIFAR-10 is not in {D.resolve_root()} yet (163 MB download).")
+        st.info(f"CIFAR-10 is not in {plain(D.resolve_root())} yet (163 MB download).")
         download_button()
     if choice == state.FOLDER:
-        st.text_input("Folder holding cifar-10-batches-py/", key="data_folder",
+        st.text_input("Folder holding cifar-10-batches-py/", key="data_folder", max_chars=500,
                       placeholder="/path/to/cifar10")
+        if roots:
+            st.caption("Folders this server opens: " + ", ".join(plain(r) for r in roots))
     st.session_state.pop("data_error", None)
     data = state.data_in_use()
     error = st.session_state.get("data_error")
     if error and choice != state.SAMPLE:
-        st.error(f"{error}\n\nUsing the bundled sample meanwhile.")
+        st.error(f"{plain(error)}\n\nUsing the bundled sample meanwhile.")
     n_train = len(data.train) if data.full else 5000
-    st.caption(f"In use: {data.label} — {n_train:,} training, {len(data.test):,} test images.")
+    st.caption(f"In use: {plain(data.label)} — {n_train:,} training, {len(data.test):,} test images.")
 
 
 def download_button() -> None:
@@ -81,7 +86,7 @@ def download_button() -> None:
         st.rerun()
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def download_progress() -> None:
     job = state.job("download")
     if job is None or not job.active:
@@ -105,12 +110,3 @@ def jobs() -> None:
             st.progress(min(1.0, pct), text=f"{j.title}: {100 * pct:.0f} %")
         else:
             st.caption(f"{j.title}: waiting, place {q.position(j)} in the queue")
-
-
-def show_page_error(exc: Exception) -> None:
-    import logging
-
-    logging.getLogger("playground").exception("page failed")
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    st.error(f"This page could not finish: {message}\n\nNothing in your session was lost. Try other settings, or "
-             "pick another model in hand in the sidebar.")

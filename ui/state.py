@@ -2,6 +2,7 @@
 model in hand, the data in use, and the background jobs. Streamlit lives here and in pages/ only."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import uuid
 from dataclasses import dataclass
@@ -55,9 +56,11 @@ def eval_set() -> D.ImageSet:
     return D.eval_subset(sample_test())
 
 
-@st.cache_resource(show_spinner="Reading CIFAR-10…")
-def full_splits(root: str) -> tuple[D.ImageSet, D.ImageSet]:
-    return D.load_cifar10(root, "train"), D.load_cifar10(root, "test")
+@st.cache_resource(show_spinner="Reading CIFAR-10…", max_entries=2)
+def full_splits(folder: str) -> tuple[D.ImageSet, D.ImageSet]:
+    """Keyed by the folder's resolved real path (call through data_in_use): `data`, `data/` and
+    `./data//` are one folder, read once. At most two folders (180 MB each) stay in memory."""
+    return D.load_cifar10(folder, "train"), D.load_cifar10(folder, "test")
 
 
 @st.cache_resource(show_spinner="Loading the pretrained models…")
@@ -156,17 +159,48 @@ def data_root() -> str:
     return str(D.resolve_root())
 
 
+def folder_policy() -> tuple[bool, list[str] | None]:
+    """(may this visitor read a folder of the server's disk, the folders it is confined to or None).
+
+    PLAYGROUND_DATA_ROOTS unset: visitors on this machine may use any folder, visitors from elsewhere none
+    (a server's paths are not theirs to browse); "off": nobody; a list of folders (separated by
+    os.pathsep): everybody, inside those folders only. Behind a reverse proxy every visitor seems local:
+    set PLAYGROUND_DATA_ROOTS there."""
+    roots = os.environ.get("PLAYGROUND_DATA_ROOTS")
+    if roots is None:
+        return visitor_is_local(), None
+    roots = [r for r in roots.split(os.pathsep) if r.strip()]
+    if not roots or roots == ["off"]:
+        return False, None
+    return True, roots
+
+
 def data_in_use() -> DataInUse:
     """The data the session picked, falling back to the bundled sample (with a message) if it fails."""
     choice = data_choice()
-    if choice in (FULL, FOLDER):
+    if choice in (FULL, FOLDER) and data_root().strip():
         root = data_root()
         try:
-            train, test = full_splits(root)
+            allowed, roots = folder_policy() if choice == FOLDER else (True, None)
+            if not allowed:
+                raise D.DataError("reading a folder of the server is switched off for visitors "
+                                  "(the operator can allow some with PLAYGROUND_DATA_ROOTS).")
+            train, test = full_splits(str(D.checked_folder(root, roots)))
             return DataInUse(f"CIFAR-10 ({root})", test, True, train)
         except D.DataError as exc:
             st.session_state.data_error = str(exc)
     return DataInUse("bundled sample", sample_test(), False)
+
+
+def visitor_is_local() -> bool:
+    """Is this session's browser on the server's own machine? (Streamlit gives None for 127.0.0.1/::1.)"""
+    ip = st.context.ip_address
+    if ip is None:
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except (TypeError, ValueError):
+        return False
 
 
 # --- jobs ------------------------------------------------------------------------------------------------

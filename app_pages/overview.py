@@ -4,7 +4,7 @@ import streamlit as st
 from compression.metrics import layer_table
 from compression.train import evaluate
 from ui import state
-from ui.format import accuracy, kib
+from ui.format import accuracy, kib, plain
 
 st.title("Model Compression Playground")
 st.markdown(
@@ -20,8 +20,8 @@ variant = state.require_current()
 m = variant.metrics
 data = state.data_in_use()
 
-st.header(f"The model in hand: {variant.name}")
-st.caption(f"How it was made: {variant.recipe}")
+st.header(f"The model in hand: {plain(variant.name)}")
+st.caption(f"How it was made: {plain(variant.recipe)}")
 c = st.columns(5)
 c[0].metric("Eval subset accuracy", accuracy(m.eval_accuracy), help="1,000 bundled test images, 100 per class")
 c[1].metric("Full test set accuracy", accuracy(m.test_accuracy), help="all 10,000 CIFAR-10 test images")

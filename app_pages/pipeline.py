@@ -4,9 +4,9 @@ import streamlit as st
 
 from compression.jobs import run_pipeline
 from compression.pipelines import deep_compression, spiral
-from ui import charts, lesson, state
+from ui import charts, lesson, safety, state
 from ui.jobs import job_status
-from ui.format import accuracy
+from ui.format import accuracy, plain
 
 st.title("Pipelines")
 st.markdown(
@@ -44,7 +44,7 @@ else:
     keys = ["pipeline_kind", "pipeline_rounds", "pipeline_per_round", "pipeline_T"]
 lesson.link(st, "pipeline", keys)
 
-if st.button(f"Run {kind} on “{variant.name}”", type="primary", icon=":material/play_arrow:"):
+if st.button(f"Run {kind} on “{plain(variant.name)}”", type="primary", icon=":material/play_arrow:"):
     job = state.job("pipeline")
     if job is not None and job.active:
         st.warning("A pipeline of yours is already running.")
@@ -58,7 +58,7 @@ if st.button(f"Run {kind} on “{variant.name}”", type="primary", icon=":mater
             variant, train_set, data.eval, rounds, final, epochs, T, stop=j.should_stop), j.report))
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def progress():
     job, events = job_status("pipeline", what="The pipeline", done=lambda job: (
         f"{job.title} finished: {len(job.result)} variants joined the table."))

@@ -5,7 +5,7 @@ from compression.distill import MAX_ENTROPY, entropy, softened_probabilities
 from compression.jobs import distill_vs_plain
 from compression.models import ARCHS
 from compression.train import TrainConfig
-from ui import charts, lesson, state
+from ui import charts, lesson, safety, state
 from ui.jobs import job_status
 from ui.format import accuracy
 
@@ -87,7 +87,7 @@ if go:
             arch, width, start, teacher, config, T, alpha, train_set, data.eval, j.report, j.should_stop))
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def progress():
     job, events = job_status("distill", what="Distillation", done=lambda job: (
         f"With the teacher: {accuracy(job.result[0].metrics.eval_accuracy)} · without: "

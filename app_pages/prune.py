@@ -7,9 +7,9 @@ from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, spa
 from compression.schedule import agp_curve
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
-from ui import cached, charts, lesson, state
+from ui import cached, charts, lesson, safety, state
 from ui.jobs import job_status
-from ui.format import accuracy
+from ui.format import accuracy, plain
 
 METHODS = {"magnitude": "Magnitude |w|", "random": "Random", "gradient": "Gradient |w·∂L/∂w|",
            "structured": "Structured: whole filters"}
@@ -171,7 +171,7 @@ if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"
                             f"{technique} {ratio_pct}%", eval_set=data.eval,
                             test_set=data.test if data.full else None, latency=True)
     state.add_variant(v)
-    st.success(f"Kept “{v.name}”: {accuracy(v.metrics.eval_accuracy)}, {v.metrics.compression_ratio:.1f}× smaller "
+    st.success(f"Kept “{plain(v.name)}”: {accuracy(v.metrics.eval_accuracy)}, {v.metrics.compression_ratio:.1f}× smaller "
                "(packed). Find it on Compare & Download or pick it as the model in hand.")
 epochs = k2.number_input("Fine-tune epochs", 1, 50, 1, key="prune_ft_epochs")
 if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
@@ -181,10 +181,10 @@ if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
         name=f"{variant.name.split(' (')[0]} {technique} {ratio_pct}% + FT{epochs}"))
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def finetune_progress():
     _, events = job_status("prune_ft", "finetune", what="Fine-tuning", done=lambda job: (
-        f"Fine-tuned: “{job.result.name}” recovered to {accuracy(job.result.metrics.eval_accuracy)} and joined "
+        f"Fine-tuned: “{plain(job.result.name)}” recovered to {accuracy(job.result.metrics.eval_accuracy)} and joined "
         "the variants."))
     if events:
         st.plotly_chart(charts.training_curves(events, "Recovery during fine-tuning"), key="ft_curve")

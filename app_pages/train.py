@@ -4,8 +4,8 @@ from compression.jobs import train_model
 from compression.models import ARCHS
 from compression.train import TrainConfig
 from compression.worker import CANCELLED, DONE, FAILED, QUEUED, RUNNING
-from ui import charts, state
-from ui.format import accuracy, duration
+from ui import charts, safety, state
+from ui.format import accuracy, duration, plain
 
 st.title("Train a model")
 st.markdown(
@@ -38,7 +38,7 @@ if start:
                            lambda j: train_model(arch, width, config, train_set, eval_set, j.report, j.should_stop))
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def progress() -> None:
     job = state.job("train")
     if job is None:
@@ -63,7 +63,7 @@ def progress() -> None:
     elif job.status == DONE:
         state.collect_finished_jobs()
         variant = job.result
-        st.success(f"Finished: “{variant.name}” joined the variants with eval accuracy "
+        st.success(f"Finished: “{plain(variant.name)}” joined the variants with eval accuracy "
                    f"{accuracy(variant.metrics.eval_accuracy)}. Pick it as the model in hand in the sidebar.")
     elif job.status == CANCELLED:
         state.collect_finished_jobs()

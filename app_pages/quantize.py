@@ -4,9 +4,9 @@ from compression import quantize as Q
 from compression.jobs import bits_curve, int8_variant, qat_variant
 from compression.variant import measure_variant
 from compression.views import distinct_per_channel, distinct_values, histogram, layer_names, layer_weight, weight_range
-from ui import cached, charts, lesson, state
+from ui import cached, charts, lesson, safety, state
 from ui.jobs import job_status
-from ui.format import accuracy
+from ui.format import accuracy, plain
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8, "bf16", "fp16"]
 
@@ -117,7 +117,7 @@ if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"
                                  + (f"a{a_bits}" if a_bits and not is_float else ""),
                             eval_set=data.eval, test_set=data.test if data.full else None, latency=True)
     state.add_variant(v)
-    st.success(f"Kept “{v.name}”.")
+    st.success(f"Kept “{plain(v.name)}”.")
 epochs = k2.number_input("QAT epochs", 1, 20, 1, key="quantize_qat_epochs", disabled=is_float)
 if k2.button(f"QAT {epochs} epoch(s)", icon=":material/tune:", disabled=is_float):
     train_set = data.train
@@ -131,14 +131,14 @@ if k3.button("Export real int8", icon=":material/memory:"):
         variant, train_set, data.eval, j.report, j.should_stop, test_set=data.test if data.full else None))
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def jobs_progress():
     _, curve = job_status("qat", "finetune", what="QAT", done=lambda job: (
-        f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)}. Joined the variants."))
+        f"“{plain(job.result.name)}”: {accuracy(job.result.metrics.eval_accuracy)}. Joined the variants."))
     if curve:
         st.plotly_chart(charts.training_curves(curve, "Quantization-aware training"), key="qat_curve")
     job_status("int8", "int8", what="The int8 build", done=lambda job: (
-        f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)} · "
+        f"“{plain(job.result.name)}”: {accuracy(job.result.metrics.eval_accuracy)} · "
         f"{job.result.settings['speedup_b256']}× faster than fp32 at batch 256 · "
         f"{job.result.settings['int8_file_bytes'] / 1024:.0f} KiB .pt2. Joined the variants."))
 

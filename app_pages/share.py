@@ -5,9 +5,9 @@ from compression.packed import packed_breakdown, packed_summary
 from compression.share import codebooks
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, weight_range
-from ui import cached, charts, lesson, state
+from ui import cached, charts, lesson, safety, state
 from ui.jobs import job_status
-from ui.format import accuracy, kib, ratio
+from ui.format import accuracy, kib, ratio, plain
 
 CLUSTERS = [2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -63,7 +63,7 @@ if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"
         v = measure_variant(shared, "shared", {"clusters": k}, variant, name=f"{variant.name.split(' (')[0]} k={k}",
                             eval_set=data.eval, test_set=data.test if data.full else None, latency=True)
     state.add_variant(v)
-    st.success(f"Kept “{v.name}”.")
+    st.success(f"Kept “{plain(v.name)}”.")
 epochs = k2.number_input("Centroid fine-tune epochs", 1, 20, 1, key="share_epochs")
 if k2.button("Fine-tune the centroids", icon=":material/tune:"):
     train_set = data.train
@@ -71,10 +71,10 @@ if k2.button("Fine-tune the centroids", icon=":material/tune:"):
         variant, k, epochs, train_set, data.eval, j.report, j.should_stop))
 
 
-@st.fragment(run_every=1.0)
+@safety.fragment(run_every=1.0)
 def progress():
     _, events = job_status("share_ft", "finetune", what="Fine-tuning", done=lambda job: (
-        f"“{job.result.name}”: {accuracy(job.result.metrics.eval_accuracy)}, joined the variants."))
+        f"“{plain(job.result.name)}”: {accuracy(job.result.metrics.eval_accuracy)}, joined the variants."))
     if events:
         st.plotly_chart(charts.training_curves(events, "Centroid fine-tuning"), key="share_curve")
 

@@ -5,9 +5,10 @@ from compression.export import downloads
 from compression.files import ModelFileError, load_any_bytes
 from compression.models import ARCHS as MODEL_ARCHS
 from compression.metrics import latency_ms
+from compression.train import evaluate
 from compression.variant import file_stem, measure_variant, pareto_frontier, report_csv, report_json
 from ui import charts, state
-from ui.format import accuracy, kib
+from ui.format import accuracy, kib, plain
 
 st.title("Compare & Download")
 st.markdown("Every variant you kept, measured the same way. The **Pareto frontier** joins the variants that no "
@@ -66,7 +67,7 @@ else:
     for v in book:
         with st.container(border=True):
             a, b = st.columns([2, 3])
-            a.markdown(f"**{v.name}**  \n{v.recipe}  \n{accuracy(v.metrics.eval_accuracy)} · "
+            a.markdown(f"**{plain(v.name)}**  \n{plain(v.recipe)}  \n{accuracy(v.metrics.eval_accuracy)} · "
                        f"packed {kib(v.metrics.bytes_packed)}")
             cols = b.columns(3)
             for col, (label, kind, make) in zip(cols, downloads(v)):
@@ -81,20 +82,25 @@ arch = u2.selectbox("Architecture (if the file does not say)", ["from file"] + l
 upload = u1.file_uploader("Model file", type=["cmpk", "safetensors"], key="upload_file")
 if upload is not None and st.session_state.get("_uploaded") != upload.file_id:
     st.session_state["_uploaded"] = upload.file_id
+    file_name = upload.name[:80]
     try:
-        model, meta = load_any_bytes(upload.getvalue(), upload.name, None if arch == "from file" else arch)
-        with st.spinner("Evaluating the uploaded model…"):
-            v = measure_variant(model, "uploaded", {"file": upload.name, "arch": meta.get("arch", arch)},
-                                name=f"{upload.name} (uploaded)", eval_set=data.eval,
-                                test_set=data.test if data.full else None, latency=True)
+        model, meta = load_any_bytes(upload.getvalue(), file_name, None if arch == "from file" else arch)
+        # Evaluated batch by batch: each progress update is a point where Streamlit stops the script when the
+        # student leaves (a closed tab does not keep a core busy).
+        bar = st.progress(0.0, text="Evaluating the uploaded model on the eval subset…")
+        result = evaluate(model, data.eval, batch_size=100, progress=lambda done, total: bar.progress(
+            done / total, text=f"Evaluating the uploaded model: {done:,} of {total:,} images"))
+        v = measure_variant(model, "uploaded", {"file": file_name, "arch": meta.get("arch", arch)},
+                            name=f"{file_name} (uploaded)")
+        v.metrics.eval_accuracy = result.accuracy
         state.add_variant(v)
-        st.session_state["_upload_message"] = ("success", f"Added “{v.name}”: eval accuracy "
+        st.session_state["_upload_message"] = ("success", f"Added “{plain(v.name)}”: eval accuracy "
                                                           f"{accuracy(v.metrics.eval_accuracy)}.")
     except ModelFileError as exc:
-        st.session_state["_upload_message"] = ("error", f"Could not use {upload.name}: {exc}")
+        st.session_state["_upload_message"] = ("error", f"Could not use {plain(file_name)}: {plain(exc)}")
     except Exception as exc:  # never a stack trace on the page
-        st.session_state["_upload_message"] = ("error", f"Could not use {upload.name}: it is not a model file this "
-                                                        f"app can read ({type(exc).__name__}).")
+        st.session_state["_upload_message"] = ("error", f"Could not use {plain(file_name)}: it is not a model file "
+                                                        f"this app can read ({type(exc).__name__}).")
     st.rerun()
 message = st.session_state.get("_upload_message")
 if message:

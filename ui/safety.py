@@ -1,0 +1,54 @@
+"""The safety net: whatever goes wrong in a page, the sidebar or a fragment, the student sees a message
+they can act on, never a traceback, and nothing already kept is lost.
+
+Errors a user can cause (a bad file, missing data) are DataError / ModelFileError and say what to do;
+their message is shown as plain text. Anything else is a bug: the page says so in one line and the
+traceback goes to the server's log. Streamlit's own control flow (st.rerun, st.stop) passes through:
+it raises BaseExceptions, which `except Exception` does not catch.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import streamlit as st
+
+from compression.data import DataError
+from compression.files import ModelFileError
+
+from .format import plain
+
+log = logging.getLogger("playground")
+
+
+def message(exc: Exception) -> str:
+    """What to tell the student about `exc`, as plain text."""
+    if isinstance(exc, (DataError, ModelFileError)):
+        return plain(str(exc).strip() or type(exc).__name__)
+    return f"an unexpected error ({type(exc).__name__}); it has been written to the server's log"
+
+
+def show_error(exc: Exception, where: str = "This page") -> None:
+    log.error("%s failed", where, exc_info=exc)
+    st.error(f"{where} could not finish: {message(exc)}\n\nNothing you kept was lost. Try other settings, "
+             "or pick another model in hand in the sidebar.", icon=":material/error:")
+
+
+def guarded(where: str = "This page"):
+    """Decorator: run the function inside the safety net."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # the last safety net: a message, never a traceback
+                show_error(exc, where)
+        return run
+    return wrap
+
+
+def fragment(fn=None, *, run_every=None, where: str = "This part of the page"):
+    """st.fragment inside the safety net: a fragment reruns on its own, outside app.py's net."""
+    if fn is None:
+        return lambda f: fragment(f, run_every=run_every, where=where)
+    return st.fragment(guarded(where)(fn), run_every=run_every)
