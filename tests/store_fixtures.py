@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("PLAYGROUND_TEST_DB_URL") else [])
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread (on a busy machine, two threads wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def pg_url():
     base = os.environ["PLAYGROUND_TEST_DB_URL"]

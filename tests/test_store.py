@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import MetaData, create_engine
 
 from compression.model_cache import ModelCache, model_bytes
 from compression.models import copy_model
@@ -23,8 +24,8 @@ from compression.store_errors import (StoreBusyError, StoreError, StoreFullError
                                       VariantUnavailableError, WorkspaceTokenError)
 from compression.variant import Variant
 from helpers import toy_set
-from store_fixtures import (PYTHON, child_env, db_url, home, images, logits, opener, pg_url,  # noqa: F401
-                            tiny_model, tiny_variant)
+from store_fixtures import (PYTHON, child_env, db_url, home, images, logits, one_torch_thread,  # noqa: F401
+                            opener, pg_url, tiny_model, tiny_variant)
 
 
 # --- round trips ---------------------------------------------------------------------------------------
@@ -253,3 +254,230 @@ def test_a_model_larger_than_the_bound_is_returned_but_not_kept():
     cache = ModelCache(max_bytes=100)
     model = cache.get("big", lambda: tiny_model(0))
     assert isinstance(model, torch.nn.Module) and len(cache) == 0 and cache.total_bytes == 0
+
+
+# --- faults --------------------------------------------------------------------------------------------
+
+def test_a_damaged_or_missing_weights_file_fails_for_that_variant_only(opener):
+    store = opener()
+    ws, _ = store.create_workspace()
+    damaged, missing, fine = (store.keep(ws, tiny_variant(seed, f"v{seed}")) for seed in range(3))
+    path = store.blobs.path(store.variant(ws, damaged).weights_sha256)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    store.blobs.path(store.variant(ws, missing).weights_sha256).unlink()
+
+    assert [v.name for v in store.variants(ws)] == ["v0", "v1", "v2"]     # the list still works
+    with pytest.raises(VariantUnavailableError, match="weights of 'v0' cannot be loaded.*damaged"):
+        store.model(ws, damaged)
+    with pytest.raises(VariantUnavailableError, match="weights of 'v1' cannot be loaded.*missing"):
+        store.model(ws, missing)
+    with pytest.raises(VariantUnavailableError, match="'v1'.*missing"):
+        store.weights(ws, missing)
+    assert torch.equal(logits(store.model(ws, fine)), logits(tiny_model(2)))
+    store.delete(ws, damaged)                                 # and the student can clear it away
+    assert [v.name for v in store.variants(ws)] == ["v1", "v2"]
+
+
+def database_state(url: str) -> list:
+    """Every row of every table, for comparing a database before and after."""
+    engine = create_engine(url)
+    tables = MetaData()
+    tables.reflect(engine)
+    with engine.connect() as conn:
+        state = [(t.name, sorted(map(tuple, conn.execute(t.select()).all()))) for t in tables.sorted_tables]
+    engine.dispose()
+    return state
+
+
+def test_a_database_from_a_newer_release_is_refused_and_left_untouched(opener, home, db_url):
+    store = opener()
+    ws, _ = store.create_workspace()
+    store.keep(ws, tiny_variant(0))
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET version = 99")
+    store.close()
+    before = database_state(db_url)
+    db_file = home / "playground.db"
+    file_before = db_file.read_bytes() if db_url.startswith("sqlite") else None
+
+    with pytest.raises(StoreVersionError, match=r"newer release.*version 99.*left untouched"):
+        open_store(home, db_url)
+
+    if file_before is not None:
+        assert db_file.read_bytes() == file_before
+        wal = home / "playground.db-wal"
+        assert not wal.exists() or wal.stat().st_size == 0
+    assert database_state(db_url) == before
+
+
+HOLD_SQLITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+HOLD_PG_LOCK = """
+import sys
+import psycopg
+url = sys.argv[1].replace("postgresql+psycopg://", "postgresql://")
+with psycopg.connect(url) as conn:
+    conn.execute("LOCK TABLE workspace_variants IN ACCESS EXCLUSIVE MODE")
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_database_locked_by_another_process_gives_a_clear_error_then_works(opener, home, db_url):
+    store = opener(busy_timeout_ms=300)
+    ws, _ = store.create_workspace()
+    kept = store.keep(ws, tiny_variant(0))
+    if db_url.startswith("sqlite"):
+        holder = [PYTHON, "-c", HOLD_SQLITE_LOCK, str(home / "playground.db")]
+    else:
+        holder = [PYTHON, "-c", HOLD_PG_LOCK, db_url]
+    with subprocess.Popen(holder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as lock:
+        assert lock.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreBusyError, match="in use by another program.*Try again"):
+            store.keep(ws, tiny_variant(1))
+        lock.stdin.close()                                    # the other process lets go
+        assert lock.wait(timeout=30) == 0
+    other = store.keep(ws, tiny_variant(1))
+    assert [v.id for v in store.variants(ws)] == [kept, other]
+
+
+def write_until_full(path):
+    """Fill the file system holding `path` with one file; returns that file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs; needs root and mount rights, else the test skips)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and the right to mount a tmpfs (a real full disk)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_gives_a_clear_error_and_keeps_everything_stored(small_disk):
+    store = open_store(small_disk / "home", busy_timeout_ms=300)
+    try:
+        ws, token = store.create_workspace()
+        kept = store.keep(ws, tiny_variant(0))
+        filler = write_until_full(small_disk / "filler")
+
+        with pytest.raises(StoreFullError, match="disk .* is full.*nothing was saved"):
+            store.keep(ws, tiny_variant(1))                       # its weights file does not fit
+        assert not list((small_disk / "home" / "blobs").glob("*/.tmp-*"))     # nothing half-written
+        tokens = []
+        with pytest.raises(StoreFullError, match="full"):
+            for _ in range(5000):                                 # rows until the database cannot grow
+                tokens.append(store.create_workspace()[1])
+        assert [v.id for v in store.variants(store.open_workspace(token))] == [kept]
+        assert all(store.open_workspace(t) for t in tokens)       # every committed row is intact
+
+        filler.unlink()
+        again = store.keep(ws, tiny_variant(1))
+        assert [v.id for v in store.variants(ws)] == [kept, again]
+        assert torch.equal(logits(store.model(ws, again)), logits(tiny_model(1)))
+    finally:
+        store.close()
+
+
+FILE_SIZE_LIMIT = """
+import json, resource, signal, sys
+from pathlib import Path
+from compression.models import create_model
+from compression.store import open_store
+from compression.store_errors import StoreFullError
+from compression.variant import Variant
+home = Path(sys.argv[1])
+store = open_store(home)
+ws, _ = store.create_workspace()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+try:
+    store.keep(ws, Variant("big", create_model("resnet20"), "trained"))   # about 1 MB packed
+    outcome = "kept"
+except StoreFullError as exc:
+    outcome = str(exc)
+print(json.dumps({"outcome": outcome, "listed": len(store.variants(ws)),
+                  "temp_files": len(list((home / "blobs").glob("*/.tmp-*")))}))
+"""
+
+
+def test_a_file_size_limit_while_writing_weights_gives_a_clear_error_and_no_partial_file(tmp_path):
+    """Runs everywhere (no mount needed): the kernel refuses the write, as a full disk would."""
+    done = subprocess.run([PYTHON, "-c", FILE_SIZE_LIMIT, str(tmp_path / "home")], env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert "is full" in result["outcome"] and "nothing was saved" in result["outcome"]
+    assert result["listed"] == 0 and result["temp_files"] == 0
+
+
+# --- killed writers ------------------------------------------------------------------------------------
+
+def writer_model(i: int):
+    """The i-th model the writer keeps: tiny_model(0) with fc.bias shifted by i / 1000."""
+    model = tiny_model(0)
+    with torch.no_grad():
+        model.fc.bias += i / 1000
+    return model
+
+
+def keep_forever(home, url, token, start):
+    """A writer process: keeps variant after variant until it is killed."""
+    torch.set_num_threads(1)
+    store = open_store(home, url)
+    ws = store.open_workspace(token)
+    i = start
+    while True:
+        store.keep(ws, Variant(f"w{i}", writer_model(i), "trained", {"i": i}))
+        i += 1
+
+
+def test_a_writer_killed_at_random_moments_leaves_whole_variants_only(opener, home, db_url):
+    """SIGKILL a process that keeps variants in a loop, 20 times at random moments: each time the store
+    opens, and every listed variant loads with exactly the logits it was kept with."""
+    store = opener()
+    ws, token = store.create_workspace()
+    store.close()
+    rng, fork = random.Random(18), multiprocessing.get_context("fork")
+    listed, next_i = [], 0
+    for _ in range(20):
+        writer = fork.Process(target=keep_forever, args=(home, db_url, token, next_i), daemon=True)
+        writer.start()
+        time.sleep(rng.uniform(0.05, 0.6))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        assert writer.exitcode == -signal.SIGKILL
+
+        store = open_store(home, db_url, cache=ModelCache(max_bytes=0))
+        records = store.variants(store.open_workspace(token))
+        assert [r.id for r in records[:len(listed)]] == listed          # nothing kept before was lost
+        for record in records:
+            i = record.settings["i"]
+            assert record.name == f"w{i}"
+            assert store.weights(ws, record.id)                         # its file is whole (hash checked)
+            if record.id not in listed:                                 # new since the last kill: load it
+                assert torch.equal(logits(store.model(ws, record.id)), logits(writer_model(i)))
+        listed = [r.id for r in records]
+        next_i = max([r.settings["i"] + 1 for r in records], default=next_i)
+        store.close()
+    assert len(listed) >= 20                      # the writer got work done between kills
