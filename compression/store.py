@@ -47,8 +47,9 @@ from .variant import Variant
 from .blobs import BlobStore
 from .model_cache import ModelCache
 from .store_errors import BlobError, StoreError, VariantUnavailableError, WorkspaceTokenError
-from .store_schema import (BUILTIN, DEFAULT_BUSY_MS, MEMBERS, VARIANTS, WORKSPACES, data_home, database_url,
-                           db_errors, make_engine, prepare)
+from .store_jobs import JobStore
+from .store_schema import (BUILTIN, DEFAULT_BUSY_MS, MEMBERS, VARIANTS, WORKSPACES, Workspace, data_home,
+                           database_url, db_errors, make_engine, prepare)
 
 TOKEN_BYTES = 24                                   # 192 bits; token_urlsafe gives 32 characters
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -98,14 +99,6 @@ def unpack_weights(data: bytes, name: str = "file") -> nn.Module:
         raise ModelFileError(f"{name}: its activation rounding settings are invalid ({exc}). "
                              f"Pack the model again from the app.") from None
     return model.eval()
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """A workspace as the store knows it. Its token is not kept: only the student's link holds it."""
-    id: str
-    created: float
-    last_seen: float
 
 
 @dataclass
@@ -161,6 +154,7 @@ class Store:
         self._writer = self.engine.execution_options(write=True)
         self.blobs = BlobStore(home / "blobs")
         self.cache = cache if cache is not None else ModelCache()
+        self.jobs = JobStore(self.engine)
         try:
             prepare(self.engine)
         except BaseException:

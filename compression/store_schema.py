@@ -14,6 +14,10 @@ Tables (JSON travels as text, the same on both databases):
                         IS, shared by every workspace that keeps it
     workspace_variants  workspace, variant, name, metrics, history, added — what a workspace
                         knows about it (two students may name and measure the same variant differently)
+    jobs                workspace, kind, title, settings (to run it again), status, progress (the
+                        last event), curve (a bounded list of points), error, result (variant ids),
+                        created / started / finished, server (the process that queued it), worker
+                        (what runs it) — compression/store_jobs.py
 
 The pretrained models belong to the workspace BUILTIN, which every workspace sees and no token opens.
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (BigInteger, Column, Engine, Float, ForeignKey, Index, Integer, MetaData, String,
@@ -37,7 +42,7 @@ from sqlalchemy import exc as sa_exc
 
 from .store_errors import StoreBusyError, StoreError, StoreFullError, StoreVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP_FOLDER = "compression-playground"
 DB_FILE = "playground.db"
 BUILTIN = "builtin"                        # the workspace of the pretrained models
@@ -75,7 +80,43 @@ MEMBERS = Table(
     Index("workspace_variants_variant", "variant_id"),
 )
 
-UPGRADES: dict[int, list[str]] = {}        # version v -> DDL statements taking it to v + 1
+JOBS = Table(
+    "jobs", METADATA,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(40), ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("settings", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", Text, nullable=False),
+    Column("curve", Text, nullable=False),
+    Column("error", Text),
+    Column("result", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("started", Float),
+    Column("finished", Float),
+    Column("server", Text, nullable=False),
+    Column("worker", Text),
+    Index("jobs_workspace", "workspace_id", "created"),
+)
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace as the store knows it. Its token is not kept: only the student's link holds it."""
+    id: str
+    created: float
+    last_seen: float
+
+
+# version v -> the DDL taking a database from v to v + 1. Frozen: never edit a released step.
+UPGRADES: dict[int, list[str]] = {
+    1: ["CREATE TABLE jobs (id VARCHAR(40) NOT NULL, workspace_id VARCHAR(40) NOT NULL, kind TEXT NOT NULL, "
+        "title TEXT NOT NULL, settings TEXT NOT NULL, status VARCHAR(16) NOT NULL, progress TEXT NOT NULL, "
+        "curve TEXT NOT NULL, error TEXT, result TEXT NOT NULL, created FLOAT NOT NULL, started FLOAT, "
+        "finished FLOAT, server TEXT NOT NULL, worker TEXT, PRIMARY KEY (id), "
+        "FOREIGN KEY(workspace_id) REFERENCES workspaces (id) ON DELETE CASCADE)",
+        "CREATE INDEX jobs_workspace ON jobs (workspace_id, created)"],
+}
 
 
 def data_home() -> Path:
