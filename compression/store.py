@@ -128,6 +128,30 @@ class StoredVariant:
         return {**self.as_variant().row(), "builtin": self.builtin}
 
 
+@dataclass
+class PackedVariant:
+    """A variant ready to store: its packed weights file and everything else but the model."""
+    name: str
+    technique: str
+    settings: dict
+    parent: str | None
+    metrics: dict                                    # Metrics.to_dict(with_layers=True)
+    weights: bytes                                   # pack_weights(model)
+    history: list = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, variant: Variant) -> "PackedVariant":
+        try:
+            weights = pack_weights(variant.model)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(f"Cannot keep {variant.name!r}: its model cannot be packed ({exc}).") from None
+        return cls(variant.name, variant.technique, json.loads(canonical_json(variant.settings or {})),
+                   variant.parent, variant.metrics.to_dict(with_layers=True), weights,
+                   json.loads(canonical_json(variant.history or [])), variant.created, dict(variant.artifacts or {}))
+
+
 def metrics_from_dict(values: dict) -> Metrics:
     known = Metrics.__dataclass_fields__
     return Metrics(**{k: v for k, v in values.items() if k in known})
@@ -213,36 +237,40 @@ class Store:
     def keep(self, workspace: Workspace, variant: Variant) -> str:
         """Store `variant` in `workspace` (module docstring); returns its id. Keeping it again updates
         its name, metrics and history in this workspace."""
-        return self._keep(workspace.id, variant)
+        return self.keep_packed(workspace, [PackedVariant.of(variant)])[0]
 
     def register_pretrained(self, variant: Variant) -> str:
         """Store a pretrained model as a read-only entry that every workspace sees; returns its id.
         Idempotent: registering the same model again returns the same id."""
-        return self._keep(BUILTIN, variant)
+        return self._keep(BUILTIN, [PackedVariant.of(variant)])[0]
 
-    def _keep(self, workspace_id: str, variant: Variant) -> str:
-        settings = json.loads(canonical_json(variant.settings or {}))
-        try:
-            packed = pack_weights(variant.model)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise StoreError(f"Cannot keep {variant.name!r}: its model cannot be packed ({exc}).") from None
-        weights = self.blobs.put(packed)
-        artifacts = {name: self.blobs.put(bytes(data)) for name, data in (variant.artifacts or {}).items()}
-        vid = variant_id(weights, variant.parent, variant.technique, settings)
+    def keep_packed(self, workspace: Workspace, items: list["PackedVariant"]) -> list[str]:
+        """Store variants whose weights are packed already (a checked import): every file first, then
+        every row in ONE transaction — all of them are kept, or none."""
+        return self._keep(workspace.id, items)
+
+    def _keep(self, workspace_id: str, items: list["PackedVariant"]) -> list[str]:
+        rows = [self._write_files(item) for item in items]
         now = time.time()
-        member = {"workspace_id": workspace_id, "variant_id": vid, "name": variant.name,
-                  "metrics": canonical_json(variant.metrics.to_dict(with_layers=True)),
-                  "history": canonical_json(variant.history or []), "added": now}
         with db_errors(self.engine), self._writer.begin() as conn:
-            conn.execute(self._insert(VARIANTS).values(
-                id=vid, technique=variant.technique, settings=canonical_json(settings), parent=variant.parent,
-                weights_sha256=weights, size=len(packed), artifacts=canonical_json(artifacts),
-                created=variant.created).on_conflict_do_nothing(index_elements=["id"]))
-            self._merge_artifacts(conn, vid, artifacts)
-            conn.execute(self._insert(MEMBERS).values(**member).on_conflict_do_update(
-                index_elements=["workspace_id", "variant_id"],
-                set_={k: member[k] for k in ("name", "metrics", "history")}))
-        return vid
+            for order, (item, row) in enumerate(zip(items, rows)):
+                conn.execute(self._insert(VARIANTS).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+                self._merge_artifacts(conn, row["id"], json.loads(row["artifacts"]))
+                member = {"workspace_id": workspace_id, "variant_id": row["id"], "name": item.name,
+                          "metrics": canonical_json(item.metrics), "history": canonical_json(item.history),
+                          "added": now + order * 1e-6}                # a batch keeps its order in the list
+                conn.execute(self._insert(MEMBERS).values(**member).on_conflict_do_update(
+                    index_elements=["workspace_id", "variant_id"],
+                    set_={k: member[k] for k in ("name", "metrics", "history")}))
+        return [row["id"] for row in rows]
+
+    def _write_files(self, item: "PackedVariant") -> dict:
+        """Write the item's files (content-addressed); its variants row, not yet inserted."""
+        weights = self.blobs.put(item.weights)
+        artifacts = {name: self.blobs.put(bytes(data)) for name, data in item.artifacts.items()}
+        return {"id": variant_id(weights, item.parent, item.technique, item.settings), "technique": item.technique,
+                "settings": canonical_json(item.settings), "parent": item.parent, "weights_sha256": weights,
+                "size": len(item.weights), "artifacts": canonical_json(artifacts), "created": item.created}
 
     def _merge_artifacts(self, conn, vid: str, artifacts: dict[str, str]) -> None:
         """A variant kept again with artifacts it did not have (an int8 file built later) gains them."""
