@@ -153,6 +153,7 @@ def make_engine(url: str, busy_timeout_ms: int = DEFAULT_BUSY_MS) -> Engine:
         _sqlite_events(engine, busy_timeout_ms)
         return engine
     if url.startswith("postgresql"):
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1)       # the driver installed: psycopg 3
         return create_engine(url, pool_pre_ping=True,
                              connect_args={"options": f"-c lock_timeout={int(busy_timeout_ms)}"})
     raise StoreError(f"PLAYGROUND_DB_URL must be sqlite:///FILE or postgresql+psycopg://USER@HOST/DB, "

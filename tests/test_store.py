@@ -448,3 +448,43 @@ def test_a_writer_killed_at_random_moments_leaves_whole_variants_only(opener, ho
         next_i = max([r.settings["i"] + 1 for r in records], default=next_i)
         store.close()
     assert len(listed) >= 20                      # the writer got work done between kills
+
+
+def keep_some(home, url, token, first, count):
+    """A writer process keeping `count` variants."""
+    torch.set_num_threads(1)
+    store = open_store(home, url)
+    ws = store.open_workspace(token)
+    for i in range(first, first + count):
+        store.keep(ws, Variant(f"w{i}", writer_model(i), "trained", {"i": i}))
+    store.close()
+
+
+def test_two_processes_keeping_at_once_both_get_every_variant_stored(opener, home, db_url):
+    store = opener()
+    ws, token = store.create_workspace()
+    fork = multiprocessing.get_context("fork")
+    writers = [fork.Process(target=keep_some, args=(home, db_url, token, first, 10)) for first in (0, 100)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    kept = {r.settings["i"]: r for r in store.variants(ws)}
+    assert sorted(kept) == [*range(10), *range(100, 110)]
+    for i in (0, 9, 100, 109):
+        assert torch.equal(logits(store.model(ws, kept[i].id)), logits(writer_model(i)))
+
+
+def test_the_data_folder_follows_the_environment(monkeypatch, tmp_path):
+    from compression.store_schema import data_home, database_url
+    monkeypatch.delenv("PLAYGROUND_HOME", raising=False)
+    monkeypatch.delenv("PLAYGROUND_DB_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    if os.name == "posix" and not os.uname().sysname == "Darwin":
+        assert data_home() == tmp_path / "xdg" / "compression-playground"
+    monkeypatch.setenv("PLAYGROUND_HOME", str(tmp_path / "mine"))
+    assert data_home() == tmp_path / "mine"
+    assert database_url(data_home()) == f"sqlite:///{tmp_path / 'mine' / 'playground.db'}"
+    monkeypatch.setenv("PLAYGROUND_DB_URL", "postgresql+psycopg://teacher@db.school/playground")
+    assert database_url(data_home()) == "postgresql+psycopg://teacher@db.school/playground"
