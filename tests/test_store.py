@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -15,7 +14,6 @@ import pytest
 import torch
 
 from compression.model_cache import ModelCache, model_bytes
-from compression.models import copy_model
 from compression.prune import prune
 from compression.quantize import activation_settings, quantize_activations
 from compression.store import check_token, open_store, variant_id
