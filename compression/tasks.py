@@ -7,7 +7,9 @@ a worker process (on this machine or another) runs by name.
   (portable.variant_payload / model_payload: packed weights, never a pickled module), and the data it
   trains on *by name* (DataSpec below), never the images themselves;
 - `report(**fields)` publishes a progress event, `stop()` says whether to end early (between steps);
-- the result holds each variant made, as a payload (portable.variants_from_result brings them back).
+- the result holds each variant made, as a payload whose id names it within the result ("made:0", …)
+  and whose parent is one of those or the id (in the app) of a variant the job started from;
+  portable.variants_from_result brings them back with ids of the app's process.
 
 Data travels once per worker process: the first job that names a data set loads it and keeps it in
 this module's cache (keyed by the resolved file or folder), later jobs on that worker reuse it. Every
@@ -77,6 +79,31 @@ def load_data(spec: dict) -> tuple[Data, bool]:
     return Data(train, eval_set, test), cached
 
 
+# --- variants in and out ------------------------------------------------------------------------------------
+
+INPUT = "input:"
+
+
+def _input(payload: dict) -> Variant:
+    """A variant the job starts from. Its id is marked: ids of variants made here come from this process's
+    counter (v1, v2, …) and may equal an id of the app's, so a parent id must say which one it means."""
+    variant = variant_from_payload(payload)
+    variant.id = INPUT + variant.id
+    return variant
+
+
+def _outgoing(made: list[Variant]) -> list[dict]:
+    """Payloads of the variants made, with ids that name them within the batch ("made:0", …) and parents
+    that name either one of the batch or, by its id in the app, a variant the job started from."""
+    names = {v.id: f"made:{i}" for i, v in enumerate(made)}
+    payloads = []
+    for v in made:
+        parent = v.parent or ""
+        payloads.append({**variant_payload(v), "id": names[v.id],
+                         "parent": names.get(parent) or parent.removeprefix(INPUT) or None})
+    return payloads
+
+
 # --- the tasks: spec + data -> variants ------------------------------------------------------------------
 
 def _train(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
@@ -87,45 +114,45 @@ def _train(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
 def _finetune(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
     """spec: parent (variant payload), model (model payload: the compressed copy to fine-tune),
     technique, settings, epochs; optional lr, name."""
-    return [finetune_variant(variant_from_payload(spec["parent"]), model_from_payload(spec["model"]),
+    return [finetune_variant(_input(spec["parent"]), model_from_payload(spec["model"]),
                              spec["technique"], spec.get("settings", {}), spec["epochs"], data.train, data.eval,
                              report, stop, lr=spec.get("lr", 0.02), name=spec.get("name"), test_set=data.test)]
 
 
 def _qat(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
-    return [qat_variant(variant_from_payload(spec["parent"]), spec["bits"], spec["symmetric"], spec["per_channel"],
+    return [qat_variant(_input(spec["parent"]), spec["bits"], spec["symmetric"], spec["per_channel"],
                         spec["epochs"], data.train, data.eval, report, stop, a_bits=spec.get("a_bits"),
                         lr=spec.get("lr", 0.01))]
 
 
 def _int8(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
-    return [int8_variant(variant_from_payload(spec["parent"]), data.train, data.eval, report, stop,
+    return [int8_variant(_input(spec["parent"]), data.train, data.eval, report, stop,
                          test_set=data.test)]
 
 
 def _distill(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
     """spec: teacher (variant payload), start (variant payload or None: a fresh student_arch ×
     student_width), config (TrainConfig fields), T, alpha."""
-    start = variant_from_payload(spec["start"]) if spec.get("start") else None
-    return distill_vs_plain(spec["student_arch"], spec["student_width"], start, variant_from_payload(spec["teacher"]),
+    start = _input(spec["start"]) if spec.get("start") else None
+    return distill_vs_plain(spec["student_arch"], spec["student_width"], start, _input(spec["teacher"]),
                             TrainConfig(**spec.get("config", {})), spec["T"], spec["alpha"], data.train, data.eval,
                             report, stop)
 
 
 def _centroids(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
-    return [centroid_finetune(variant_from_payload(spec["parent"]), spec["clusters"], spec["epochs"], data.train,
+    return [centroid_finetune(_input(spec["parent"]), spec["clusters"], spec["epochs"], data.train,
                               data.eval, report, stop, lr=spec.get("lr", 0.005))]
 
 
 def _deep_compression(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
-    steps = deep_compression(variant_from_payload(spec["parent"]), data.train, data.eval, spec["sparsity"],
+    steps = deep_compression(_input(spec["parent"]), data.train, data.eval, spec["sparsity"],
                              spec["clusters"], spec["finetune_epochs"], spec.get("centroid_epochs", 0.0),
                              test_set=data.test, stop=stop)
     return run_pipeline(steps, report)
 
 
 def _spiral(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
-    steps = spiral(variant_from_payload(spec["parent"]), data.train, data.eval, spec["rounds"],
+    steps = spiral(_input(spec["parent"]), data.train, data.eval, spec["rounds"],
                    spec["final_sparsity"], spec["epochs_per_round"], spec["T"], test_set=data.test, stop=stop)
     return run_pipeline(steps, report)
 
@@ -150,4 +177,4 @@ def run(name: str, spec: dict, report: Report, stop: Stop) -> dict:
     check_task(name)
     data, cached = load_data(spec.get("data") or {})
     report(phase="data", cached=cached, train_images=len(data.train))
-    return {"variants": [variant_payload(v) for v in TASKS[name](spec, data, report, stop)]}
+    return {"variants": _outgoing(TASKS[name](spec, data, report, stop))}

@@ -6,7 +6,7 @@ from compression.models import create_model
 from compression.portable import model_payload, variant_payload, variants_from_result
 from compression.prune import prune
 from compression.tasks import TASKS, UnknownTask, load_data, run
-from compression.variant import measure_variant
+from compression.variant import Variant, measure_variant
 
 DATA = {"source": "sample", "train_images": 100}
 
@@ -68,6 +68,16 @@ def test_each_task_returns_its_variants_as_payloads(task, parent):
     assert [v.parent for v in made] == [ids[p] for p in parents]
     assert events[0] == {"phase": "data", "cached": True, "train_images": 100}
     assert all(v.metrics.eval_accuracy is not None for v in made)
+
+
+def test_a_made_variant_whose_id_equals_its_parents_still_points_at_the_parent(parent):
+    """A worker numbers its variants v1, v2, … like the app: the first one made can share the parent's id."""
+    next_id = f"v{int(Variant('probe', parent.model, 'x').id[1:]) + 1}"
+    spec = {**specs(parent)["finetune"], "data": DATA, "parent": {**variant_payload(parent), "id": next_id}}
+    result = run("finetune", spec, lambda **e: None, lambda: False)
+    assert [(p["id"], p["parent"]) for p in result["variants"]] == [("made:0", next_id)]
+    (made,) = variants_from_result(result["variants"])
+    assert made.parent == next_id != made.id
 
 
 def test_the_int8_task_is_registered_and_others_are_tested():
