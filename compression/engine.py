@@ -29,17 +29,18 @@ restarts a worker that dies (its nanny) and reports failures.
 Fairness: at most `per_workspace` (default 1) jobs of one workspace are waiting or running; another
 submit raises JobRefused, whose message tells the student what to do.
 
-Progress and Stop: report(**fields) events are buffered in the worker and sent every FLUSH_S seconds
-as one structured event (Worker.log_event) to a topic this engine subscribes to (Client.subscribe_topic):
-they arrive in order, within about FLUSH_S + a network hop. Stop sets a distributed.Event that the worker
-polls every FLUSH_S: the task sees stop() true between steps (a Future's cancel cannot interrupt a
-running task), ends, and returns what it has (status "cancelled", result kept).
+Progress and Stop (compression/runner.py): report(**fields) events are buffered in the worker and sent
+every runner.FLUSH_S (0.25 s) as one structured event (Worker.log_event) to a topic this engine
+subscribes to (Client.subscribe_topic): they arrive in order, within about FLUSH_S and a network hop.
+Stop sets a distributed.Event that the worker reads as often: the task sees stop() true between steps
+(a Future's cancel cannot interrupt a running task), ends, and returns what it has (status
+"cancelled", result kept).
 
 Failure: a worker that dies (SIGKILL, the nanny's memory limit) fails only the job it was running, with
 WORKER_LOST. The local cluster sets distributed.scheduler.allowed-failures to 0, so Dask fails that job
 at once (KilledWorker) instead of running it again on another worker; on a cluster whose scheduler
 retries (its default is 3), the retry finds the job's "started" flag and fails at once with the same
-message. The nanny starts a fresh worker process, and the next job runs there.
+message (runner.run_job). The nanny starts a fresh worker process, and the next job runs there.
 
 Devices: a worker trains on CUDA when its machine has it (train.pick_device). resources={"GPU": 1}
 makes a job prefer a GPU worker (`dask worker --resources GPU=1`): while the cluster has one, the job
@@ -57,7 +58,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import json
 import logging
 import os
 import queue
@@ -65,20 +65,18 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import dask
-from distributed import Client, Event, KilledWorker, LocalCluster, get_client, get_worker
+from distributed import Client, Event, KilledWorker, LocalCluster
 
-from .tasks import check_task, run as run_task
+from .runner import WORKER_LOST, WorkerLost, flag, run_job
+from .tasks import check_task
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-FLUSH_S = 0.25            # worker: send buffered progress and look at the stop flag this often
-TICK_S = 1.0              # engine: look for a free worker at least this often while jobs wait
+TICK_S = 1.0              # look for a free worker at least this often while jobs wait
 CONNECT_TIMEOUT_S = 10
-WORKER_LOST = ("the worker running this job stopped (killed or out of memory), so the job ended; other jobs "
-               "carry on. Start it again, with a smaller model or batch size if it ran out of memory.")
 log = logging.getLogger(__name__)
 _seq = itertools.count()
 
@@ -87,31 +85,27 @@ class JobRefused(Exception):
     """A submit the engine does not take (e.g. the workspace already has a job); the message says why."""
 
 
-class WorkerLost(RuntimeError):
-    """The job's worker died while running it."""
-
-
 @dataclass(frozen=True)
 class JobView:
     """A job as a page or a store sees it: a snapshot, safe to keep."""
     id: str
     workspace: str
-    kind: str
+    kind: str                      # the page's name for it, e.g. "prune_ft"
     title: str
-    task: str
-    status: str
-    position: int                  # 1 + jobs ahead of it in line while queued; 0 otherwise
-    worker: str | None             # address of the worker running / that ran it
-    device: str | None             # e.g. "NVIDIA H100" or "Intel Xeon …, 1 threads"
-    pid: int | None                # the worker process
-    events: tuple[dict, ...]       # progress events, oldest first
-    error: str | None              # one line for the page, never a traceback
-    detail: str | None             # the traceback, for logs
-    result: dict | None            # {"variants": [payload, ...]}: see tasks.run
+    task: str                      # its name in compression.tasks.TASKS
     submitted: float
-    started: float | None
-    finished: float | None
-    stop_requested: bool
+    status: str = QUEUED
+    position: int = 0              # while queued: 1 + the jobs ahead of it in line; else 0
+    worker: str | None = None      # the address of the worker that runs / ran it
+    device: str | None = None      # e.g. "NVIDIA H100" or "AMD EPYC, 1 threads"
+    pid: int | None = None         # the worker's process
+    events: tuple[dict, ...] = ()  # progress events, oldest first
+    error: str | None = None       # one line for the page, never a traceback
+    detail: str | None = None      # the traceback, for logs
+    result: dict | None = None     # {"variants": [payload, ...]}: see tasks.run
+    started: float | None = None
+    finished: float | None = None
+    stop_requested: bool = False
 
     @property
     def active(self) -> bool:
@@ -122,37 +116,20 @@ class JobView:
         return self.events[-1] if self.events else None
 
 
-@dataclass(eq=False)
 class _Job:
-    id: str
-    workspace: str
-    kind: str
-    title: str
-    task: str
-    spec: dict
-    resources: dict
-    seq: int = field(default_factory=lambda: next(_seq))
-    status: str = QUEUED
-    future: object = None          # the dask Future once handed to Dask
-    worker: str | None = None
-    device: str | None = None
-    pid: int | None = None
-    events: list = field(default_factory=list)
-    error: str | None = None
-    detail: str | None = None
-    result: dict | None = None
-    submitted: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    stop_requested: bool = False
+    """The engine's side of a job: its latest view (replaced, never changed), what it runs, its Future."""
 
-    @property
-    def active(self) -> bool:
-        return self.status in (QUEUED, RUNNING)
+    def __init__(self, view: JobView, spec: dict, resources: dict):
+        self.view, self.spec, self.resources = view, spec, resources
+        self.seq = next(_seq)
+        self.future = None                          # the dask Future, once handed to Dask
+
+    def update(self, **changes) -> None:
+        self.view = replace(self.view, **changes)
 
     @property
     def key(self) -> str:
-        return f"playground-job-{self.id}"
+        return f"playground-job-{self.view.id}"
 
 
 def local_cluster_size(cores: int | None = None, workers: int | None = None) -> tuple[int, int]:
@@ -174,7 +151,7 @@ class Engine:
         self.keep_finished = keep_finished
         self._topic = f"playground-events-{uuid.uuid4().hex}"
         self._jobs: dict[str, _Job] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()              # never held while calling Dask (its thread takes it too)
         self._inbox: queue.Queue = queue.Queue()
         self._loop: threading.Thread | None = None
         self._client: Client | None = None
@@ -185,24 +162,27 @@ class Engine:
 
     def submit(self, workspace: str, kind: str, title: str, task: str, spec: dict,
                resources: dict | None = None) -> str:
-        """Queue task `task` (a name in compression.tasks.TASKS) on `spec`; returns the job's id."""
+        """Put task `task` (a name in compression.tasks.TASKS) on `spec` in line; returns the job's id.
+        resources={"GPU": 1}: prefer a worker that offers it (see the module docstring)."""
         check_task(task)
         with self._lock:
             if self._closed:
                 raise JobRefused("the job engine has shut down; restart the app.")
-            mine = [j for j in self._jobs.values() if j.workspace == workspace and j.active]
+            mine = [j.view for j in self._jobs.values() if j.view.workspace == workspace and j.view.active]
             if len(mine) >= self.per_workspace:
                 raise JobRefused(f"“{mine[0].title}” is still {mine[0].status} in your workspace: wait for it "
                                  f"to finish or stop it, then start this one.")
-            job = _Job(uuid.uuid4().hex[:16], workspace, kind, title, task, spec, dict(resources or {}))
-            self._jobs[job.id] = job
+            job = _Job(JobView(uuid.uuid4().hex[:16], workspace, kind, title, task, time.time()), spec,
+                       dict(resources or {}))
+            self._jobs[job.view.id] = job
             if self._loop is None:
                 self._loop = threading.Thread(target=self._run_loop, name="job-engine", daemon=True)
                 self._loop.start()
-        self._inbox.put(job.id)
-        return job.id
+        self._inbox.put((job.view.id, True))
+        return job.view.id
 
     def job(self, job_id: str) -> JobView:
+        """The job's latest view (KeyError once it is long finished: the engine keeps `keep_finished`)."""
         with self._lock:
             return self._view(self._jobs[job_id])
 
@@ -210,23 +190,23 @@ class Engine:
         """Jobs in the order they were submitted (of one workspace, or all)."""
         with self._lock:
             return [self._view(j) for j in sorted(self._jobs.values(), key=lambda j: j.seq)
-                    if workspace is None or j.workspace == workspace]
+                    if workspace is None or j.view.workspace == workspace]
 
     def stop(self, job_id: str) -> None:
         """A waiting job is cancelled and never runs; a running one ends between two steps."""
         with self._lock:
             job = self._jobs[job_id]
-            if not job.active or job.stop_requested:
+            if not job.view.active or job.view.stop_requested:
                 return
-            job.stop_requested = True
-            future, running = job.future, job.status == RUNNING
-            if future is None:
-                job.status, job.finished = CANCELLED, time.time()
+            job.update(stop_requested=True)
+            future, running = job.future, job.view.status == RUNNING
+            if future is None:                      # still in the engine's line
+                job.update(status=CANCELLED, finished=time.time())
         if future is not None:
-            Event(_flag("stop", job_id), client=self._client).set()
+            Event(flag("stop", job_id), client=self._client).set()
             if not running:
                 future.cancel()
-        self._inbox.put(job_id)
+        self._inbox.put((job_id, False))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
         """Block until the job has ended (for scripts and tests); returns its view either way."""
@@ -246,14 +226,14 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-            active = [j for j in self._jobs.values() if j.active]
+            active = [j for j in self._jobs.values() if j.view.active]
             for job in active:
-                job.stop_requested, job.status, job.finished = True, CANCELLED, time.time()
-                job.error = "the app shut down while the job was waiting or running"
+                job.update(stop_requested=True, status=CANCELLED, finished=time.time(),
+                           error="the app shut down while the job was waiting or running")
         for job in active:
             if job.future is not None:
-                self._quietly(lambda: Event(_flag("stop", job.id), client=self._client).set())
-            self._notify(job.id)
+                self._quietly(lambda: Event(flag("stop", job.view.id), client=self._client).set())
+            self._notify(job.view.id)
         if self._loop is not None:
             self._inbox.put(None)
             self._loop.join(timeout=10)
@@ -262,23 +242,27 @@ class Engine:
         if self._cluster is not None:
             self._cluster.close()
 
-    # --- the engine's loop: start the cluster, hand jobs to Dask, tell on_update ------------------------
+    # --- the engine's thread: start the cluster, hand jobs to Dask, tell on_update ----------------------
 
     def _run_loop(self) -> None:
+        """Inbox items: (job id, whether a worker may have freed or a job joined the line); None: close."""
+        last_dispatch = 0.0
         while True:
             try:
-                changed = {self._inbox.get(timeout=TICK_S)}
+                items = [self._inbox.get(timeout=TICK_S)]
             except queue.Empty:
-                changed = set()
+                items = []
             while not self._inbox.empty():
-                changed.add(self._inbox.get_nowait())
-            if None in changed:
+                items.append(self._inbox.get_nowait())
+            if None in items:
                 return
-            try:
-                self._dispatch()
-            except Exception:                        # a scheduler briefly out of reach: try again next tick
-                log.exception("could not hand jobs to Dask")
-            for job_id in changed:
+            if any(line_moved for _, line_moved in items) or time.monotonic() - last_dispatch >= TICK_S:
+                last_dispatch = time.monotonic()
+                try:
+                    self._dispatch()
+                except Exception:                   # a scheduler briefly out of reach: try again next tick
+                    log.exception("could not hand jobs to Dask")
+            for job_id in dict.fromkeys(job_id for job_id, _ in items):
                 self._notify(job_id)
 
     def _connect(self) -> None:
@@ -299,7 +283,7 @@ class Engine:
     def _dispatch(self) -> None:
         """Hand waiting jobs to Dask, oldest first, while some worker has no job."""
         with self._lock:
-            queued = sorted((j for j in self._jobs.values() if j.status == QUEUED), key=lambda j: j.seq)
+            queued = sorted((j for j in self._jobs.values() if j.view.status == QUEUED), key=lambda j: j.seq)
         waiting = [j for j in queued if j.future is None]
         if not waiting:
             return
@@ -316,69 +300,71 @@ class Engine:
         in_dask = {k for keys in busy.values() for k in keys}
         free = [workers[a].get("resources") or {} for a in workers if not busy.get(a)]
         offered = {r for w in workers.values() for r, n in (w.get("resources") or {}).items() if n > 0}
-        for job in [j for j in queued if j.future is not None and j.key not in in_dask and j.status == QUEUED]:
-            _take_worker(free, _usable(job.resources, offered))      # handed over, not yet placed by Dask
+        for job in queued:
+            if job.future is not None and job.key not in in_dask:     # handed over, not yet placed by Dask
+                _take_worker(free, _usable(job.resources, offered))
         for job in waiting:
             need = _usable(job.resources, offered)
             if _take_worker(free, need) is not None:
                 self._hand_over(job, need)
 
     def _hand_over(self, job: _Job, resources: dict) -> None:
-        future = self._client.submit(_run_job, job.id, job.task, job.spec, self._topic, key=job.key, pure=False,
-                                     resources=resources or None)
+        future = self._client.submit(run_job, job.view.id, job.view.task, job.spec, self._topic, key=job.key,
+                                     pure=False, resources=resources or None)
         with self._lock:
-            stopped = not job.active             # stopped while Dask took it
+            stopped = not job.view.active           # stopped while Dask took it
             if not stopped:
                 job.future = future
         if stopped:
             future.cancel()
         else:
-            future.add_done_callback(lambda f: self._on_done(job.id, f))
+            future.add_done_callback(lambda f: self._on_done(job, f))
 
     def _on_message(self, event: tuple) -> None:
         """A worker's message (on the Dask client's thread): the job started, or progress events."""
         _, message = event
         with self._lock:
             job = self._jobs.get(message.get("job"))
-            if job is None or not job.active:
+            if job is None or not job.view.active:
                 return
             if "info" in message:
                 info = message["info"]
-                job.status, job.started = RUNNING, time.time()
-                job.worker, job.device, job.pid = info["worker"], info["device"], info["pid"]
-            job.events.extend(message.get("events", ()))
-        self._inbox.put(job.id)
+                job.update(status=RUNNING, started=time.time(), worker=info["worker"], device=info["device"],
+                           pid=info["pid"])
+            if message.get("events"):
+                job.update(events=job.view.events + tuple(message["events"]))
+        self._inbox.put((job.view.id, False))
 
-    def _on_done(self, job_id: str, future) -> None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None or not job.active:
+    def _on_done(self, job: _Job, future) -> None:
+        if not job.view.active:
             return
-        if future.status == "finished":
-            out = future.result()
-            self._end(job, CANCELLED if out["stopped"] else DONE, result=out["output"])
-        elif future.status == "error":
-            exc = future.exception()
-            self._end(job, FAILED, error=job_error(exc), detail=_traceback(future))
+        if future.status in ("finished", "error"):
+            try:
+                out = future.result()
+            except Exception as exc:                # the task raised, or its worker died
+                self._end(job, FAILED, error=job_error(exc), detail=_traceback(exc))
+            else:
+                self._end(job, CANCELLED if out["stopped"] else DONE, result=out["output"])
+        elif job.view.stop_requested:
+            self._end(job, CANCELLED)
         else:
-            self._end(job, CANCELLED if job.stop_requested else FAILED,
-                      error=None if job.stop_requested else "the cluster dropped the job (its scheduler restarted?)")
+            self._end(job, FAILED, error="the cluster dropped the job (did its scheduler restart?); start it again.")
 
     def _end(self, job: _Job, status: str, error: str | None = None, detail: str | None = None,
              result: dict | None = None) -> None:
         with self._lock:
-            job.status, job.error, job.detail, job.result, job.finished = status, error, detail, result, time.time()
+            job.update(status=status, error=error, detail=detail, result=result, finished=time.time())
             handed_over, job.future = job.future is not None, None
             self._forget_old()
         if handed_over:
             for name in ("stop", "started"):
-                self._quietly(lambda: Event(_flag(name, job.id), client=self._client).clear())
-        self._inbox.put(job.id)
+                self._quietly(lambda: Event(flag(name, job.view.id), client=self._client).clear())
+        self._inbox.put((job.view.id, True))
 
     def _forget_old(self) -> None:
-        finished = sorted((j for j in self._jobs.values() if not j.active), key=lambda j: j.seq)
+        finished = sorted((j for j in self._jobs.values() if not j.view.active), key=lambda j: j.seq)
         for job in finished[:max(0, len(finished) - self.keep_finished)]:
-            del self._jobs[job.id]
+            del self._jobs[job.view.id]
 
     def _notify(self, job_id: str) -> None:
         if self.on_update is None:
@@ -390,13 +376,10 @@ class Engine:
             self._quietly(lambda: self.on_update(view))
 
     def _view(self, job: _Job) -> JobView:
-        position = 0
-        if job.status == QUEUED:
-            ahead = [j for j in self._jobs.values() if j.status == QUEUED and j.seq < job.seq]
-            position = len(ahead) + 1
-        return JobView(job.id, job.workspace, job.kind, job.title, job.task, job.status, position, job.worker,
-                       job.device, job.pid, tuple(job.events), job.error, job.detail, job.result, job.submitted,
-                       job.started, job.finished, job.stop_requested)
+        if job.view.status != QUEUED:
+            return job.view
+        ahead = sum(1 for j in self._jobs.values() if j.view.status == QUEUED and j.seq < job.seq)
+        return replace(job.view, position=ahead + 1)
 
     @staticmethod
     def _quietly(fn: Callable[[], object]) -> None:
@@ -428,15 +411,10 @@ def _close_at_exit(ref: weakref.ref) -> None:
         engine.close()
 
 
-def _flag(name: str, job_id: str) -> str:
-    return f"playground-{name}-{job_id}"
-
-
-def _traceback(future) -> str | None:
+def _traceback(exc: BaseException) -> str:
     import traceback
 
-    tb = future.traceback()
-    return "".join(traceback.format_tb(tb)) if tb is not None else None
+    return "".join(traceback.format_exception(exc))
 
 
 def job_error(exc: BaseException) -> str:
@@ -449,76 +427,3 @@ def job_error(exc: BaseException) -> str:
         return f"Training diverged: {exc}."
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-# --- in the worker process ----------------------------------------------------------------------------------
-
-def _run_job(job_id: str, task: str, spec: dict, topic: str) -> dict:
-    """What a Dask worker runs for a job: say where it runs, then the task, with progress and stop wired
-    to the engine. Returns {"stopped": bool, "output": tasks.run's result or None}."""
-    import torch
-
-    from .train import hardware_name, pick_device
-
-    worker, client = get_worker(), get_client()
-    started = Event(_flag("started", job_id), client=client)
-    if started.is_set():                     # a Dask retry after the worker died running it
-        raise WorkerLost(WORKER_LOST)
-    started.set()
-    threads = worker.state.nthreads
-    torch.set_num_threads(threads)
-    channel = _Channel(worker, topic, job_id, Event(_flag("stop", job_id), client=client))
-    worker.log_event(topic, {"job": job_id, "info": {"worker": worker.address, "pid": os.getpid(),
-                                                     "device": hardware_name(pick_device()), "threads": threads}})
-    try:
-        output = None if channel.stop() else run_task(task, spec, channel.report, channel.stop)
-    finally:
-        channel.close()
-    return {"stopped": channel.stop(), "output": output}
-
-
-class _Channel:
-    """A job's progress and stop flag on the worker side: report() buffers events; a thread sends them
-    every FLUSH_S (one log_event each time, in order) and reads the stop flag as often, so that stop()
-    costs nothing between training steps."""
-
-    def __init__(self, worker, topic: str, job_id: str, stop_flag: Event):
-        self._worker, self._topic, self._job_id, self._flag = worker, topic, job_id, stop_flag
-        self._buffer: list[dict] = []
-        self._lock = threading.Lock()
-        self._stopped = stop_flag.is_set()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"job-{job_id}-channel", daemon=True)
-        self._thread.start()
-
-    def report(self, **fields) -> None:
-        event = json.loads(json.dumps({"t": time.time(), **fields}, default=_plain))
-        with self._lock:
-            self._buffer.append(event)
-
-    def stop(self) -> bool:
-        return self._stopped
-
-    def close(self) -> None:
-        self._closing.set()
-        self._thread.join()
-        self._flush()
-
-    def _run(self) -> None:
-        while not self._closing.wait(FLUSH_S):
-            self._flush()
-            try:
-                self._stopped = self._stopped or self._flag.is_set()
-            except Exception:                  # the scheduler out of reach for a moment: ask again next time
-                pass
-
-    def _flush(self) -> None:
-        with self._lock:
-            batch, self._buffer = self._buffer, []
-        if batch:
-            self._worker.log_event(self._topic, {"job": self._job_id, "events": batch})
-
-
-def _plain(value):
-    """JSON for what a task may report besides plain numbers and strings (numpy scalars, tensors)."""
-    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else str(value)
