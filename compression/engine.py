@@ -18,12 +18,13 @@ Where jobs run
 One job per worker at a time, with torch using all of the worker's threads: `dask worker --nthreads N`
 is the cores one job gets, `--nworkers K` how many jobs that machine runs at once.
 
-The waiting line is the engine's. Dask sends a one-off task to a worker the moment it is submitted and
-keeps a line per worker (only large groups of like tasks wait at the scheduler): measured on a local
-cluster of two workers, a job submitted behind a long one waited on that worker while four later jobs
-ran on the other. So the engine hands Dask a job only when some worker has none, taking waiting jobs
-first come, first served across workspaces. A job's place in line is therefore exact, and a waiting job
-is cancelled without ever reaching Dask. Dask still picks the worker, runs the job in its process,
+The waiting line is the engine's. Dask sends a task that has no dependencies and belongs to a small
+group to a worker the moment it is submitted, and that worker keeps it in its own line (the scheduler
+holds tasks back only for groups larger than twice the cluster's threads: Scheduler.is_rootish,
+decide_worker_non_rootish). A job could then wait behind a long one on its worker while a later job
+starts on another. So the engine hands Dask a job only when some worker has none, taking waiting jobs
+first come, first served across workspaces: a job's place in line is exact, and a waiting job is
+cancelled without ever reaching Dask. Dask still picks the worker, runs the job in its process,
 restarts a worker that dies (its nanny) and reports failures.
 
 Fairness: at most `per_workspace` (default 1) jobs of one workspace are waiting or running; another
