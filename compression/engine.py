@@ -203,10 +203,10 @@ class Engine:
             future, running = job.future, job.view.status == RUNNING
             if future is None:                      # still in the engine's line
                 job.update(status=CANCELLED, finished=time.time())
-        if future is not None:
-            Event(flag("stop", job_id), client=self._client).set()
+        if future is not None:                      # a scheduler out of reach: logged, the job keeps running
+            self._quietly(lambda: Event(flag("stop", job_id), client=self._client).set())
             if not running:
-                future.cancel()
+                self._quietly(future.cancel)
         self._inbox.put((job_id, False))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
