@@ -24,9 +24,11 @@ from torch import nn
 
 from .data import ImageSet
 from .files import state_dict_bytes
-from .models import copy_model
+from .models import eval_mode
+from .packed import pack_model
 from .prune import strip
 from .train import evaluate
+from .weights import copy_model, effective_weight, masked_tensors
 
 
 @dataclass
@@ -66,16 +68,13 @@ def layer_table(model: nn.Module, image_size: int = 32) -> list[LayerInfo]:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             hooks.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             device = next(model.parameters()).device
             model(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return rows
 
 
@@ -90,9 +89,10 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def _effective_parameters(model: nn.Module):
     for module_name, module in model.named_modules():
+        masked = {f"{name}_orig": name for name in masked_tensors(module)}
         for name, param in module.named_parameters(recurse=False):
-            if name.endswith("_orig") and hasattr(module, name[:-5] + "_mask"):
-                yield f"{module_name}.{name[:-5]}", getattr(module, name[:-5]).detach()
+            if name in masked:
+                yield f"{module_name}.{masked[name]}", effective_weight(module, masked[name])
             else:
                 yield f"{module_name}.{name}", param.detach()
 
@@ -187,8 +187,6 @@ def measure(model: nn.Module, *, reference_bytes: int | None = None, eval_set: I
             test_set: ImageSet | None = None, latency: bool = False, packed: bytes | None = None) -> Metrics:
     """Measure `model`. `reference_bytes` is the dense fp32 size the compression ratio is taken
     against (default: this model's own fp32 size). `packed` lets callers pass bytes they already have."""
-    from .packed import pack_model
-
     rows = layer_table(model)
     params, nonzero = count_params(model)
     weights = sum(r.params for r in rows)

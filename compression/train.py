@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from .data import ImageSet, augment, cutout, to_float
+from .models import eval_mode
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -309,15 +310,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250
     On the CPU the batch goes in channels-last (NHWC): oneDNN's convolutions run about a third faster
     that way. Every accuracy in the project is computed through here, so all see the same numbers."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size].to(device))
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            x = to_float(images[i:i + batch_size].to(device))
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 10)
 
 

@@ -1,9 +1,11 @@
 import streamlit as st
 
-from compression import quantize as Q
+from compression.activations import CALIBRATION_METHODS
 from compression.jobs import bits_curve, int8_variant, qat_variant
+from compression.quantize import FLOAT_FORMATS, quant_grid
 from compression.variant import measure_variant
-from compression.views import distinct_per_channel, distinct_values, histogram, layer_names, layer_weight, weight_range
+from compression.views import (distinct_per_channel, distinct_values, histogram, layer_names, layer_quant_error,
+                               layer_weight, weight_range)
 from ui import cached, charts, lesson, state
 from ui.jobs import job_status
 from ui.format import accuracy
@@ -27,7 +29,7 @@ lesson.restore("quantize", {"quantize_bits": 8, "quantize_mode": "symmetric", "q
                choices={"quantize_bits": BITS, "quantize_mode": ["symmetric", "asymmetric"],
                         "quantize_granularity": ["per-channel", "per-tensor"],
                         "quantize_what": ["weights", "weights + activations"],
-                        "quantize_calib": list(Q.CALIBRATION_METHODS)},
+                        "quantize_calib": list(CALIBRATION_METHODS)},
                bounds={"quantize_abits": (2, 8)})
 data = state.data_in_use()
 calib = data.train.subset(slice(0, 256), "calibration batches")
@@ -35,7 +37,7 @@ calib = data.train.subset(slice(0, 256), "calibration batches")
 c1, c2, c3 = st.columns([2, 1, 1])
 bits = c1.select_slider("Weight bits", BITS, key="quantize_bits",
                         help="1–8 bits of uniform quantization, or the 16-bit floats bf16 / fp16.")
-is_float = bits in Q.FLOAT_FORMATS
+is_float = bits in FLOAT_FORMATS
 mode = c2.radio("Grid", ["symmetric", "asymmetric"], key="quantize_mode", disabled=is_float,
                 help="Symmetric: z = 0, levels mirrored around 0. Asymmetric: the grid spans min..max.")
 gran = c2.radio("Scale per", ["per-channel", "per-tensor"], key="quantize_granularity", disabled=is_float)
@@ -47,7 +49,7 @@ if what == "weights + activations":
         c3.caption(f"Activations rounded through {bits} too.")
     else:
         a_bits = c3.slider("Activation bits", 2, 8, key="quantize_abits")
-        c3.selectbox("Range calibration", Q.CALIBRATION_METHODS, key="quantize_calib",
+        c3.selectbox("Range calibration", CALIBRATION_METHODS, key="quantize_calib",
                      help="minmax: all values seen; percentile: clip the rarest extremes; mse: the clipping with "
                           "the least rounding error.")
 lesson.link(c1, "quantize", ["quantize_bits", "quantize_mode", "quantize_granularity", "quantize_what",
@@ -59,7 +61,7 @@ model = variant.model
 q_model, acc = cached.quantized(variant.id, bits, symmetric, per_channel, a_bits, method, model, data.eval, calib)
 before_acc = cached.accuracy(variant.id, model, data.eval)
 names = layer_names(model)
-errors = Q.layer_quant_error(model, q_model)
+errors = layer_quant_error(model, q_model)
 
 left, right = st.columns([3, 2])
 with right:
@@ -80,7 +82,7 @@ with left:
     levels = None
     if not is_float:
         w = layer_weight(model, layer)
-        levels = Q.quant_grid(w, bits, symmetric, per_channel, channel=0 if per_channel else None).tolist()
+        levels = quant_grid(w, bits, symmetric, per_channel, channel=0 if per_channel else None).tolist()
     st.plotly_chart(charts.histogram_before_after(
         histogram(layer_weight(model, layer), value_range=lo_hi),
         histogram(layer_weight(q_model, layer), value_range=lo_hi, bins=200),

@@ -1,7 +1,7 @@
 import streamlit as st
 
 from compression.jobs import centroid_finetune
-from compression.packed import packed_breakdown, packed_summary
+from compression.packed_sizes import packed_breakdown, packed_summary
 from compression.share import codebooks
 from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, weight_range

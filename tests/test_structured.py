@@ -7,9 +7,10 @@ from compression import structured as st
 from compression.data import ImageSet
 from compression.files import load_model, save_model
 from compression.metrics import count_macs
-from compression.models import copy_model, create_model
+from compression.models import create_model
 from compression.prune import is_pruned, prune
 from compression.train import TrainConfig, run_to_end, train
+from compression.weights import copy_model
 
 # resnet8 at width 0.5: one block per stage, stages of 8, 16 and 32 channels.
 WIDTHS = (8, 16, 32)
