@@ -11,28 +11,27 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from compression import data as D
+from compression.activations import quantize_model
+from compression.distill import distill, distillation_loss_fn
+from compression.files import load_model
+from compression.int8 import int8_export_bytes, int8_speedup, to_int8
+from compression.metrics import compare_latency, count_macs, fp32_bytes, keep_freed_memory
+from compression.models import create_model
+from compression.packed import pack_model
+from compression.prune import prune, sparsity
+from compression.qat import convert_qat, prepare_qat
+from compression.schedule import finetune, gradual_prune
+from compression.share import bake_shared, cluster_weights, prepare_shared
+from compression.structured import channel_counts, prune_to_macs, recalibrate_batchnorm
+from compression.train import TrainConfig, cpu_model, evaluate, run_to_end, train
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from compression import data as D  # noqa: E402
-from compression.activations import quantize_model  # noqa: E402
-from compression.distill import distill, distillation_loss_fn  # noqa: E402
-from compression.files import load_model  # noqa: E402
-from compression.int8 import int8_export_bytes, int8_speedup, to_int8  # noqa: E402
-from compression.metrics import compare_latency, count_macs, fp32_bytes, keep_freed_memory  # noqa: E402
-from compression.models import create_model  # noqa: E402
-from compression.packed import pack_model  # noqa: E402
-from compression.prune import prune, sparsity  # noqa: E402
-from compression.qat import convert_qat, prepare_qat  # noqa: E402
-from compression.schedule import finetune, gradual_prune  # noqa: E402
-from compression.share import bake_shared, cluster_weights, prepare_shared  # noqa: E402
-from compression.structured import channel_counts, prune_to_macs, recalibrate_batchnorm  # noqa: E402
-from compression.train import TrainConfig, cpu_model, evaluate, run_to_end, train  # noqa: E402
 
 TEACHER_TARGET = 90.0   # % on the full test set (the foundation issue's target for resnet20)
 # Epochs over the 50,000 training images. Each plan was fixed here before its run; no candidate setting
