@@ -20,8 +20,9 @@ from compression import data as D
 from compression.activations import quantize_model
 from compression.distill import distill, distillation_loss_fn
 from compression.files import load_model
-from compression.int8 import int8_export_bytes, int8_speedup, to_int8
-from compression.metrics import compare_latency, count_macs, fp32_bytes, keep_freed_memory
+from compression.counts import count_macs
+from compression.int8 import int8_export_bytes, to_int8
+from compression.metrics import compare_latency, fp32_bytes, int8_speedup, keep_freed_memory
 from compression.models import create_model
 from compression.packed import pack_model
 from compression.prune import prune, sparsity

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from .data import ImageSet, calibration_batches, to_float
-from .metrics import compare_latency
 from .weights import plain_model
 
 MAX_BATCH = 4096
@@ -153,18 +152,3 @@ def int8_export_bytes(int8_model: Int8Model) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
-
-
-def int8_speedup(fp32_model: nn.Module, int8_model: Int8Model, batch_size: int = 256, repeats: int = 7,
-                 warmup: int = 2) -> dict:
-    """Median CPU time of one forward pass, fp32 eager and int8, timed alternately in the same run by
-    metrics.compare_latency (so both see the same machine load): {"fp32_ms", "int8_ms",
-    "speedup" = fp32_ms / int8_ms, …}. The first int8 call at this batch size compiles; it is timed
-    on its own as first_int8_call_s."""
-    fp32 = plain_model(fp32_model).eval()
-    start = time.perf_counter()
-    int8_model(torch.rand(batch_size, 3, 32, 32))     # compiles, the first time at this batch size
-    first_call_s = time.perf_counter() - start
-    times = compare_latency({"fp32": fp32, "int8": int8_model}, batch_size, repeats, warmup)
-    return {"batch_size": batch_size, "threads": torch.get_num_threads(), "fp32_ms": times["fp32"],
-            "int8_ms": times["int8"], "speedup": times["fp32"] / times["int8"], "first_int8_call_s": first_call_s}

@@ -173,8 +173,8 @@ def int8_variant(parent: Variant, calib: ImageSet, eval_set: ImageSet, report: R
     """Real int8 (PT2E): compile, measure latency against fp32 in the same run, evaluate, and keep the
     .pt2 file as the variant's extra download. The variant's model holds the same 8-bit per-channel
     weights in float, so it can be packed, inspected and compressed further like any other."""
-    from .int8 import int8_export_bytes, int8_speedup, to_int8
-    from .metrics import measure
+    from .int8 import int8_export_bytes, to_int8
+    from .metrics import int8_speedup, measure
     from .quantize import quantize_weights
     from .train import evaluate
 

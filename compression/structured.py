@@ -34,8 +34,8 @@ import torch
 from torch import nn
 import torch_pruning as tp
 
+from .counts import count_macs
 from .data import ImageSet, to_float
-from .metrics import count_macs
 from .models import eval_mode
 from .prune import strip
 from .weights import copy_model

@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from compression.metrics import layer_table
+from compression.counts import layer_table
 from compression.train import evaluate
 from ui import state
 from ui.format import accuracy, kib

@@ -1,8 +1,8 @@
 import streamlit as st
 
 from compression import structured as S
+from compression.counts import count_macs, count_params
 from compression.jobs import finetune_variant, pruning_curve, sensitivity_curves, structured_curve
-from compression.metrics import count_macs, count_params
 from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, sparsity
 from compression.schedule import agp_curve
 from compression.variant import measure_variant

@@ -56,6 +56,25 @@ def test_no_module_imports_itself_back_even_through_a_deferred_import():
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
+# The layers of docs/ARCHITECTURE.md: a module imports from its own layer or the ones below, never above.
+LAYERS = {
+    1: {"models", "data", "weights", "counts", "huffman", "train"},                    # maths and foundations
+    2: {"prune", "structured", "quantize", "activations", "qat", "distill", "share", "schedule", "int8",
+        "layouts", "packed", "files"},                                                 # techniques, file formats
+    3: {"metrics", "packed_sizes", "views", "analysis", "variant", "export", "pipelines", "card"},  # variants, metrics
+    4: {"jobs", "worker"},                                                             # tasks
+    5: {"cli", "commands"},                                                            # the command line
+}
+
+
+def test_every_module_imports_only_from_its_layer_or_below():
+    layer = {m: n for n, modules in LAYERS.items() for m in modules}
+    assert set(layer) == set(MODULES), "a new module needs a layer (here and in docs/ARCHITECTURE.md)"
+    upward = [f"{m} (layer {layer[m]}) imports {d} (layer {layer[d]})" for m in MODULES
+              for d in imported_modules(PACKAGE / f"{m}.py") if layer[d] > layer[m]]
+    assert upward == []
+
+
 ALONE = """
 import importlib, json, sys
 import numpy, torch          # third-party packages stay loaded; each of the package's modules is imported afresh

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compression.metrics import count_macs, count_params
+from compression.counts import count_macs, count_params
 from compression.models import ARCHS, create_model
 from compression.weights import copy_model
 
