@@ -42,6 +42,7 @@ from .prune import prunable_layers, strip
 from .weights import copy_model, effective_weight, plain_model, refresh_masked, trainable_weight
 
 MIN_K, MAX_K = 2, 256
+K_CHOICES = tuple(2 ** i for i in range(1, 9))   # MIN_K … MAX_K in powers of two: k values take log2 k bits
 
 
 # --- 1-D k-means -------------------------------------------------------------------------------------
