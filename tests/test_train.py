@@ -283,3 +283,31 @@ def test_the_cli_stops_quietly_when_its_reader_has_gone():
     os.close(write_end)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and done.stderr == ""
+
+
+PARAMETRIZED = """
+import torch
+from compression.models import create_model
+from compression.qat import prepare_qat
+from compression.data import ImageSet
+from compression.train import TrainConfig, run_to_end, train
+torch.manual_seed(0)
+qat = prepare_qat(create_model("resnet8", width=0.25), 4)
+data = ImageSet(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (64,)))
+last = run_to_end(train(qat, data, TrainConfig(epochs=3, batch_size=16, augment=False)))
+print(last.step)
+"""
+
+
+def test_a_model_with_computed_weights_trains_at_width_a_quarter():
+    """Regression: with channels-last inputs and the contiguous weights a parametrization computes, oneDNN's
+    weight gradient of the 1x1 stride-2 shortcut (4 input channels) corrupted the heap (a segfault with
+    one OpenMP thread, a hang or worse with more). Such models train in the plain memory format."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", PARAMETRIZED], capture_output=True, text=True, timeout=300,
+                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "12"
