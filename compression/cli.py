@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download the official CIFAR-10 archive, check its md5 and unpack it")
     p.add_argument("--data", help="folder to put cifar-10-batches-py/ in (default: $CIFAR10_ROOT or ./data)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--url", default=D.ARCHIVE_URL, help="fetch the archive from here instead (a mirror on the class "
+                   "network, say); its md5 is checked all the same")
+    p.add_argument("--md5", default=D.ARCHIVE_MD5, help="the md5 the archive must have (default: the official one)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("evaluate", help="accuracy of a model file on the CIFAR-10 test set")

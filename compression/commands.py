@@ -90,7 +90,7 @@ def cmd_download(args) -> int:
         if total:
             print(f"\r{done / 1e6:6.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
 
-    folder = D.download_cifar10(root, progress)
+    folder = D.download_cifar10(root, progress, url=args.url, md5=args.md5)
     print(f"\nunpacked into {folder}")
     return 0
 
