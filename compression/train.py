@@ -107,7 +107,7 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
-def channels_last_is_safe(model: nn.Module) -> bool:
+def channels_last_trains_safely(model: nn.Module) -> bool:
     """Whether the model may train channels-last on the CPU (about a third faster). Not when a 1x1,
     stride-2 convolution reads fewer than 8 channels (resnet8 at width 0.25: its first shortcut reads 4):
     with channels-last inputs, oneDNN's backward pass of such a convolution corrupts the heap (torch 2.13
@@ -160,7 +160,7 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
     device = pick_device(config.device)
     generator = seed_everything(config.seed)
     model.to(device)
-    channels_last = device.type == "cpu" and channels_last_is_safe(model)
+    channels_last = device.type == "cpu" and channels_last_trains_safely(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or cross_entropy_loss(config.label_smoothing)

@@ -305,11 +305,11 @@ def test_a_narrow_model_trains_without_corrupting_memory():
     import os
     import subprocess
     import sys
-    from compression.train import channels_last_is_safe
+    from compression.train import channels_last_trains_safely
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", NARROW], capture_output=True, text=True, timeout=300,
                           cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["12", "12"]
-    assert not channels_last_is_safe(create_model("resnet8", width=0.25))
-    assert channels_last_is_safe(create_model("resnet8", width=0.5)), "others keep the faster layout"
+    assert not channels_last_trains_safely(create_model("resnet8", width=0.25))
+    assert channels_last_trains_safely(create_model("resnet8", width=0.5)), "others keep the faster layout"
