@@ -1,194 +1,225 @@
 import streamlit as st
 
 from compression import structured as S
+from compression.counts import count_macs, count_params
 from compression.jobs import finetune_variant, pruning_curve, sensitivity_curves, structured_curve
-from compression.metrics import count_macs, count_params
 from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, sparsity
 from compression.schedule import agp_curve
-from compression.variant import measure_variant
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
 from ui import cached, charts, lesson, safety, state
-from ui.jobs import job_status
-from ui.format import accuracy, plain
+from ui.format import accuracy
+from ui.jobs import training_job_status
+from ui.keep import keep_button
 
 METHODS = {"magnitude": "Magnitude |w|", "random": "Random", "gradient": "Gradient |w·∂L/∂w|",
            "structured": "Structured: whole filters"}
 CRITERIA = {"l1": "L1 norm of the filter", "bn_scale": "BN scale |γ| (network slimming)",
             "activation": "Mean activation", "random": "Random"}
 
-st.title("Prune")
-variant = state.require_current()
-lesson.restore("prune", {"prune_method": "magnitude", "prune_scope": "global", "prune_ratio": 50,
-                         "prune_criterion": "l1", "prune_keep": False},
-               choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],
-                        "prune_criterion": list(CRITERIA)}, bounds={"prune_ratio": (0, 99)})
-data = state.data_in_use()
-calib = data.train.subset(slice(0, 512), "calibration batches")
 
-c1, c2, c3 = st.columns([1.1, 1.1, 2])
-method = c1.radio("Method", list(METHODS), format_func=METHODS.get, key="prune_method")
-structured = method == "structured"
-if structured:
-    criterion = c2.radio("Which filters go", list(CRITERIA), format_func=CRITERIA.get, key="prune_criterion")
-    scope, exempt = "layer", ()
-else:
-    scope = c2.radio("Scope", ["global", "layer"], key="prune_scope",
-                     format_func={"global": "Global (one threshold)", "layer": "Per layer (same % each)"}.get)
-    keep = c2.checkbox("Keep first conv and classifier dense", key="prune_keep")
-    exempt = FIRST_AND_LAST if keep else ()
-ratio_pct = c3.slider("Pruning ratio (%)", 0, 99, key="prune_ratio",
-                      help="Unstructured: the share of weights set to zero. Structured: the share of filters "
-                           "(output channels) removed from each layer.")
-lesson.link(c3, "prune", ["prune_method", "prune_scope", "prune_ratio", "prune_criterion", "prune_keep"])
-
-with c3.expander("What is happening?", expanded=False):
-    if structured:
-        st.markdown("Filter pruning removes whole output channels. The network really gets smaller: fewer "
-                    "channels means fewer multiply-accumulates, and a plain CPU runs it faster. Residual "
-                    "connections add channels together, so layers joined by a shortcut lose the same channels.")
-        st.latex(r"\text{MACs} = C_\text{out}\cdot C_\text{in}\cdot k^2\cdot H_\text{out} W_\text{out}"
-                 r"\qquad s_c = \lVert W_c \rVert_1 \;\text{or}\; |\gamma_c|")
+def controls() -> tuple[str, str | None, str, tuple[str, ...], int]:
+    """The method, criterion (structured) or scope and exemptions (unstructured), and the percentage."""
+    c1, c2, c3 = st.columns([1.1, 1.1, 2])
+    method = c1.radio("Method", list(METHODS), format_func=METHODS.get, key="prune_method")
+    criterion = None
+    if method == "structured":
+        criterion = c2.radio("Which filters go", list(CRITERIA), format_func=CRITERIA.get, key="prune_criterion")
+        scope, exempt = "layer", ()
     else:
-        st.markdown("Each weight gets a score; the lowest-scoring fraction is set to zero and held there by a "
-                    "mask. Small weights change the output least, so magnitude pruning keeps accuracy far "
-                    "longer than random pruning. The gradient score also asks how much the loss cares.")
-        st.latex(r"s_\text{magnitude} = |w| \qquad s_\text{gradient} = \left|\, w \cdot "
-                 r"\frac{\partial L}{\partial w} \right| \qquad \text{prune } w \text{ if } s < s_{(k)},"
-                 r"\; k = \lfloor r \cdot N \rceil")
+        scope = c2.radio("Scope", ["global", "layer"], key="prune_scope",
+                         format_func={"global": "Global (one threshold)", "layer": "Per layer (same % each)"}.get)
+        keep = c2.checkbox("Keep first conv and classifier dense", key="prune_keep")
+        exempt = FIRST_AND_LAST if keep else ()
+    percent = c3.slider("Pruning ratio (%)", 0, 99, key="prune_ratio",
+                        help="Unstructured: the share of weights set to zero. Structured: the share of filters "
+                             "(output channels) removed from each layer.")
+    lesson.link(c3, "prune", ["prune_method", "prune_scope", "prune_ratio", "prune_criterion", "prune_keep"])
+    explain(c3, method == "structured")
+    return method, criterion, scope, exempt, percent
 
-ratio = ratio_pct / 100
-model = variant.model
-before_acc = cached.accuracy(variant.id, model, data.eval)
-if structured:
+
+def explain(where, structured: bool) -> None:
+    with where.expander("What is happening?", expanded=False):
+        if structured:
+            st.markdown("Filter pruning removes whole output channels. The network really gets smaller: fewer "
+                        "channels means fewer multiply-accumulates, and a plain CPU runs it faster. Residual "
+                        "connections add channels together, so layers joined by a shortcut lose the same channels.")
+            st.latex(r"\text{MACs} = C_\text{out}\cdot C_\text{in}\cdot k^2\cdot H_\text{out} W_\text{out}"
+                     r"\qquad s_c = \lVert W_c \rVert_1 \;\text{or}\; |\gamma_c|")
+        else:
+            st.markdown("Each weight gets a score; the lowest-scoring fraction is set to zero and held there by a "
+                        "mask. Small weights change the output least, so magnitude pruning keeps accuracy far "
+                        "longer than random pruning. The gradient score also asks how much the loss cares.")
+            st.latex(r"s_\text{magnitude} = |w| \qquad s_\text{gradient} = \left|\, w \cdot "
+                     r"\frac{\partial L}{\partial w} \right| \qquad \text{prune } w \text{ if } s < s_{(k)},"
+                     r"\; k = \lfloor r \cdot N \rceil")
+
+
+def allowed_ratio(model, ratio: float) -> float:
+    """Structured pruning must leave every layer a channel: above the limit, say so and show the limit."""
     limit = S.largest_ratio(model)
-    if ratio > limit:
-        st.info(f"Structured pruning can remove at most {100 * limit:.0f} % of the filters here: every layer "
-                f"must keep at least one channel. Showing {int(100 * limit)} %.")
-        ratio = int(100 * limit) / 100
-    pruned, acc = cached.structured(variant.id, criterion, ratio, model, data.eval, calib)
-else:
-    pruned, acc = cached.unstructured(variant.id, method, scope, exempt, ratio, model, data.eval, calib)
+    if ratio <= limit:
+        return ratio
+    st.info(f"Structured pruning can remove at most {100 * limit:.0f} % of the filters here: every layer "
+            f"must keep at least one channel. Showing {int(100 * limit)} %.")
+    return int(100 * limit) / 100
 
-sp_before, sp_after = layer_sparsity(model), layer_sparsity(pruned)
-m = st.columns(4)
-m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt", delta_color="normal")
-if structured:
-    p0, p1 = count_params(model)[0], count_params(pruned)[0]
-    mac0, mac1 = count_macs(model)[0], count_macs(pruned)[0]
-    m[1].metric("Parameters", f"{p1:,}", f"{100 * (p1 / p0 - 1):+.0f} %", delta_color="inverse")
-    m[2].metric("MACs / image", f"{mac1 / 1e6:.1f} M", f"{100 * (mac1 / mac0 - 1):+.0f} %", delta_color="inverse")
-    m[3].metric("Channels kept", f"{sum(S.channel_counts(pruned).values()):,}",
-                f"of {sum(S.channel_counts(model).values()):,}", delta_color="off", delta_arrow="off")
-else:
-    m[1].metric("Sparsity (prunable layers)", f"{100 * sparsity(pruned, exempt):.1f} %")
-    m[2].metric("Nonzero weights", f"{count_nonzero(pruned):,}")
-    m[3].metric("Accuracy before", accuracy(before_acc))
 
-names = layer_names(model)
-left, right = st.columns(2)
-with left:
+def headline(model, pruned, acc: float, before_acc: float, structured: bool, exempt) -> None:
+    m = st.columns(4)
+    m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt", delta_color="normal")
     if structured:
-        before_c, after_c = S.channel_counts(model), S.channel_counts(pruned)
-        st.plotly_chart(charts.bars(list(before_c), [after_c.get(n, 0) for n in before_c], "Channels per layer",
-                                    "output channels", reference=list(before_c.values())), key="prune_layers")
+        p0, p1 = count_params(model)[0], count_params(pruned)[0]
+        mac0, mac1 = count_macs(model)[0], count_macs(pruned)[0]
+        m[1].metric("Parameters", f"{p1:,}", f"{100 * (p1 / p0 - 1):+.0f} %", delta_color="inverse")
+        m[2].metric("MACs / image", f"{mac1 / 1e6:.1f} M", f"{100 * (mac1 / mac0 - 1):+.0f} %", delta_color="inverse")
+        m[3].metric("Channels kept", f"{sum(S.channel_counts(pruned).values()):,}",
+                    f"of {sum(S.channel_counts(model).values()):,}", delta_color="off", delta_arrow="off")
     else:
-        st.plotly_chart(charts.bars(names, [100 * sp_after[n] for n in names], "Sparsity per layer", "sparsity (%)",
-                                    y_range=[0, 100]), key="prune_layers")
-with right:
-    layer = st.selectbox("Layer to inspect", names, index=min(len(names) - 1, 4), key="prune_layer")
-    lo_hi = weight_range(model, layer)
-    h_before = histogram(layer_weight(model, layer), value_range=lo_hi)
-    h_after = histogram(layer_weight(pruned, layer), value_range=lo_hi, drop_zeros=True)
-    st.plotly_chart(charts.histogram_before_after(
-        h_before, h_after, f"Weights of {layer}", after_name=f"after (nonzero; {h_after.zeros:,} zeros)"),
-        key="prune_hist")
+        m[1].metric("Sparsity (prunable layers)", f"{100 * sparsity(pruned, exempt):.1f} %")
+        m[2].metric("Nonzero weights", f"{count_nonzero(pruned):,}")
+        m[3].metric("Accuracy before", accuracy(before_acc))
 
-if structured:
-    scores = S.filter_scores(model, criterion, calib)
-    if layer in scores:
-        removed = set(S.filters_to_remove(model, ratio, criterion, calib).get(layer, []))
-        s = scores[layer].tolist()
-        fig = charts.bars(list(range(len(s))), s, f"Filter scores of {layer} (orange = removed)", "score",
-                          x="filter", color=[charts.AFTER if i in removed else charts.BEFORE for i in range(len(s))])
-        st.plotly_chart(fig, key="prune_scores")
-elif layer in names and layer_weight(model, layer).dim() == 4:
-    st.plotly_chart(charts.heatmap(mask_matrix(pruned, layer), f"Mask of {layer}: blue = kept, white = pruned",
-                                   "weight within the filter (input channel × 3 × 3)", "filter (output channel)"),
-                    key="prune_mask")
 
-# --- curves computed once in the background -------------------------------------------------------------
-st.subheader("How far can we go?")
-curves = state.curve_store()
-key = (variant.id, method, criterion if structured else scope, exempt)
-c1, c2 = st.columns(2)
-with c1:
-    if key in curves:
-        pts = curves[key]
+def layers(model, pruned, structured: bool) -> str:
+    """Per-layer chart and one layer's histogram; returns the layer picked."""
+    names = layer_names(model)
+    left, right = st.columns(2)
+    with left:
+        if structured:
+            before_c, after_c = S.channel_counts(model), S.channel_counts(pruned)
+            st.plotly_chart(charts.bars(list(before_c), [after_c.get(n, 0) for n in before_c], "Channels per layer",
+                                        "output channels", reference=list(before_c.values())), key="prune_layers")
+        else:
+            sp_after = layer_sparsity(pruned)
+            st.plotly_chart(charts.bars(names, [100 * sp_after[n] for n in names], "Sparsity per layer",
+                                        "sparsity (%)", y_range=[0, 100]), key="prune_layers")
+    with right:
+        layer = st.selectbox("Layer to inspect", names, index=min(len(names) - 1, 4), key="prune_layer")
+        lo_hi = weight_range(model, layer)
+        h_before = histogram(layer_weight(model, layer), value_range=lo_hi)
+        h_after = histogram(layer_weight(pruned, layer), value_range=lo_hi, drop_zeros=True)
+        st.plotly_chart(charts.histogram_before_after(
+            h_before, h_after, f"Weights of {layer}", after_name=f"after (nonzero; {h_after.zeros:,} zeros)"),
+            key="prune_hist")
+    return layer
+
+
+def which_go(model, pruned, layer: str, criterion: str | None, ratio: float, calib) -> None:
+    """Structured: the layer's filter scores, removed ones in orange. Unstructured: the layer's mask."""
+    if criterion is not None:
+        scores = S.filter_scores(model, criterion, calib)
+        if layer in scores:
+            removed = set(S.filters_to_remove(model, ratio, criterion, calib).get(layer, []))
+            s = scores[layer].tolist()
+            colors = [charts.AFTER if i in removed else charts.BEFORE for i in range(len(s))]
+            fig = charts.bars(list(range(len(s))), s, f"Filter scores of {layer} (orange = removed)", "score",
+                              x="filter", color=colors)
+            st.plotly_chart(fig, key="prune_scores")
+    elif layer_weight(model, layer).dim() == 4:
+        st.plotly_chart(charts.heatmap(mask_matrix(pruned, layer), f"Mask of {layer}: blue = kept, white = pruned",
+                                       "weight within the filter (input channel × 3 × 3)", "filter (output channel)"),
+                        key="prune_mask")
+
+
+def curves(variant, data, calib, method: str, criterion: str | None, scope: str, exempt, fraction: float,
+           acc: float) -> None:
+    """Accuracy against the pruning ratio (computed once in the background) and the AGP schedule."""
+    st.subheader("How far can we go?")
+    store = state.curve_store()
+    model, structured = variant.model, criterion is not None
+    key = (variant.id, method, criterion if structured else scope, exempt)
+    c1, c2 = st.columns(2)
+    with c1:
+        if key in store:
+            pts = store[key]
+            st.plotly_chart(charts.curve_with_marker(
+                [100 * a for a, _ in pts], [100 * b for _, b in pts], 100 * fraction, 100 * acc,
+                "Accuracy against pruning ratio (no fine-tuning)", "pruning ratio", "eval accuracy (%)",
+                name=METHODS[method]), key="prune_curve")
+        else:
+            state.start_analysis(key, f"curve {method}", lambda j: (
+                structured_curve(model, data.eval, criterion, j.report, j.should_stop, calib) if structured else
+                pruning_curve(model, data.eval, method, scope, exempt, j.report, j.should_stop,
+                              data=calib if method == "gradient" else None)))
+            st.info("Computing the accuracy-against-ratio curve in the background…")
+    with c2:
+        schedule = agp_curve(fraction, 100)
         st.plotly_chart(charts.curve_with_marker(
-            [100 * a for a, _ in pts], [100 * b for _, b in pts], ratio_pct if not structured else 100 * ratio,
-            100 * acc, "Accuracy against pruning ratio (no fine-tuning)", "pruning ratio", "eval accuracy (%)",
-            name=METHODS[method]), key="prune_curve")
-    else:
-        state.start_analysis(key, f"curve {method}", lambda j: (
-            structured_curve(model, data.eval, criterion, j.report, j.should_stop, calib) if structured else
-            pruning_curve(model, data.eval, method, scope, exempt, j.report, j.should_stop,
-                          data=calib if method == "gradient" else None)))
-        st.info("Computing the accuracy-against-ratio curve in the background…")
-with c2:
-    st.plotly_chart(charts.curve_with_marker(
-        [t for t, _ in agp_curve(ratio, 100)], [100 * s for _, s in agp_curve(ratio, 100)], None, None,
-        f"Gradual pruning (AGP) to {ratio_pct} %", "training progress (% of steps)", "sparsity (%)",
-        name="AGP schedule", x_is_percent=True), key="prune_agp")
-    st.latex(r"s_t = s_f + (s_i - s_f)\left(1 - \tfrac{t}{n}\right)^3")
+            [t for t, _ in schedule], [100 * s for _, s in schedule], None, None,
+            f"Gradual pruning (AGP) to {100 * fraction:.0f} %", "training progress (% of steps)", "sparsity (%)",
+            name="AGP schedule", x_is_percent=True), key="prune_agp")
+        st.latex(r"s_t = s_f + (s_i - s_f)\left(1 - \tfrac{t}{n}\right)^3")
 
-skey = ("sensitivity", variant.id)
-if skey in curves:
-    sens = curves[skey]
-    fig = charts.curve_with_marker([], [], None, None, "Sensitivity: prune one layer alone", "sparsity of that layer",
-                                   "eval accuracy (%)",
-                                   extra={n: ([100 * a for a, _ in pts], [100 * b for _, b in pts])
-                                          for n, pts in sens.items()})
-    st.plotly_chart(fig, key="prune_sensitivity")
-else:
+
+def sensitivity(variant, data) -> None:
+    store, skey = state.curve_store(), ("sensitivity", variant.id)
+    if skey in store:
+        fig = charts.curve_with_marker([], [], None, None, "Sensitivity: prune one layer alone",
+                                       "sparsity of that layer", "eval accuracy (%)",
+                                       extra={n: ([100 * a for a, _ in pts], [100 * b for _, b in pts])
+                                              for n, pts in store[skey].items()})
+        st.plotly_chart(fig, key="prune_sensitivity")
+        return
     job = state.analysis_job(skey)
     if job is not None and job.active:
         last = job.latest() or {}
         st.progress(last.get("done", 0) / max(1, last.get("total", 1)), text="Per-layer sensitivity…")
     elif st.button("Compute per-layer sensitivity (about a minute)", icon=":material/monitoring:"):
+        model = variant.model
         state.start_analysis(skey, "sensitivity", lambda j: sensitivity_curves(model, data.eval, j.report,
                                                                                j.should_stop))
         st.rerun()
 
-# --- keep or fine-tune -------------------------------------------------------------------------------------
-st.subheader("Keep it")
-technique = "filter-pruned" if structured else "pruned"
-settings = ({"criterion": criterion, "ratio": ratio} if structured else
-            {"method": method, "scope": scope, "amount": ratio, "exempt": "first+last" if exempt else "none"})
-k1, k2, k3 = st.columns([1, 1, 2])
-if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"):
-    with st.spinner("Measuring size, accuracy and CPU latency…"):
-        v = measure_variant(pruned, technique, settings, variant, name=f"{variant.name.split(' (')[0]} "
-                            f"{technique} {ratio_pct}%", eval_set=data.eval,
-                            test_set=data.test if data.full else None, latency=True)
-    state.add_variant(v)
-    st.success(f"Kept “{plain(v.name)}”: {accuracy(v.metrics.eval_accuracy)}, {v.metrics.compression_ratio:.1f}× smaller "
-               "(packed). Find it on Compare & Download or pick it as the model in hand.")
-epochs = k2.number_input("Fine-tune epochs", 1, 50, 1, key="prune_ft_epochs")
-if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
-    train_set = data.train
-    state.submit("prune_ft", f"Fine-tune {technique} {ratio_pct}%", lambda j: finetune_variant(
-        variant, pruned, technique, settings, epochs, train_set, data.eval, j.report, j.should_stop,
-        name=f"{variant.name.split(' (')[0]} {technique} {ratio_pct}% + FT{epochs}"))
-
 
 @safety.fragment(run_every=1.0)
 def finetune_progress():
-    _, events = job_status("prune_ft", "finetune", what="Fine-tuning", done=lambda job: (
-        f"Fine-tuned: “{plain(job.result.name)}” recovered to {accuracy(job.result.metrics.eval_accuracy)} and joined "
-        "the variants."))
-    if events:
-        st.plotly_chart(charts.training_curves(events, "Recovery during fine-tuning"), key="ft_curve")
+    training_job_status("prune_ft", "Fine-tuning", "Recovery during fine-tuning", "ft_curve")
 
 
-with k3:
-    finetune_progress()
+def keep_it(variant, pruned, data, technique: str, settings: dict, percent: int) -> None:
+    """Keep the pruned model as it is, or fine-tune it in the background first."""
+    st.subheader("Keep it")
+    k1, k2, k3 = st.columns([1, 1, 2])
+    name = f"{variant.name.split(' (')[0]} {technique} {percent}%"
+    keep_button(k1, pruned, technique, settings, variant, name, data)
+    epochs = k2.number_input("Fine-tune epochs", 1, 50, 1, key="prune_ft_epochs")
+    if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
+        train_set = data.train
+        state.submit("prune_ft", f"Fine-tune {technique} {percent}%", lambda j: finetune_variant(
+            variant, pruned, technique, settings, epochs, train_set, data.eval, j.report, j.should_stop,
+            name=f"{name} + FT{epochs}"))
+    with k3:
+        finetune_progress()
+
+
+def prune_page() -> None:
+    st.title("Prune")
+    variant = state.require_current()
+    lesson.restore("prune", {"prune_method": "magnitude", "prune_scope": "global", "prune_ratio": 50,
+                             "prune_criterion": "l1", "prune_keep": False},
+                   choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],
+                            "prune_criterion": list(CRITERIA)}, bounds={"prune_ratio": (0, 99)})
+    data = state.data_in_use()
+    calib = data.train.subset(slice(0, 512), "calibration batches")
+    method, criterion, scope, exempt, percent = controls()
+    model, structured = variant.model, criterion is not None
+    before_acc = cached.accuracy(variant.id, model, data.eval)
+    if structured:     # `ratio`: the fraction of each layer's filters removed
+        ratio = allowed_ratio(model, percent / 100)
+        pruned, acc = cached.structured(variant.id, criterion, ratio, model, data.eval, calib)
+        fraction, technique, settings = ratio, "filter-pruned", {"criterion": criterion, "ratio": ratio}
+    else:              # `amount`: the fraction of the prunable weights set to zero
+        amount = percent / 100
+        pruned, acc = cached.unstructured(variant.id, method, scope, exempt, amount, model, data.eval, calib)
+        fraction, technique = amount, "pruned"
+        settings = {"method": method, "scope": scope, "amount": amount, "exempt": "first+last" if exempt else "none"}
+    headline(model, pruned, acc, before_acc, structured, exempt)
+    layer = layers(model, pruned, structured)
+    which_go(model, pruned, layer, criterion, fraction, calib)
+    curves(variant, data, calib, method, criterion, scope, exempt, fraction, acc)
+    sensitivity(variant, data)
+    keep_it(variant, pruned, data, technique, settings, percent)
+
+
+prune_page()

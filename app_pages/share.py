@@ -1,83 +1,91 @@
 import streamlit as st
 
 from compression.jobs import centroid_finetune
-from compression.packed import packed_breakdown, packed_summary
-from compression.share import codebooks
-from compression.variant import measure_variant
+from compression.packed_sizes import packed_breakdown, packed_summary
+from compression.share import K_CHOICES as CLUSTERS, codebooks
 from compression.views import histogram, layer_names, layer_weight, weight_range
 from ui import cached, charts, lesson, safety, state
-from ui.jobs import job_status
-from ui.format import accuracy, kib, ratio, plain
+from ui.format import accuracy, kib, ratio
+from ui.jobs import training_job_status
+from ui.keep import keep_button
 
-CLUSTERS = [2, 4, 8, 16, 32, 64, 128, 256]
 
-st.title("Weight sharing")
-st.markdown(
-    "Instead of storing every weight, let the weights of a layer **share** a few values. k-means groups each "
-    "layer's weights into k clusters and replaces every weight by its cluster's centre; the file then keeps "
-    "k numbers (the codebook) and, per weight, a log₂ k-bit index. Zeros from pruning stay zeros. "
-    "Fine-tuning the centres afterwards recovers most of what rounding lost.")
-st.latex(r"\min_{c_1,\dots,c_k}\; \sum_{i=1}^{k} \sum_{w \in C_i} \left| w - c_i \right|^2"
-         r"\qquad \text{bits per weight} \approx \log_2 k")
+def intro() -> None:
+    st.title("Weight sharing")
+    st.markdown(
+        "Instead of storing every weight, let the weights of a layer **share** a few values. k-means groups each "
+        "layer's weights into k clusters and replaces every weight by its cluster's centre; the file then keeps "
+        "k numbers (the codebook) and, per weight, a log₂ k-bit index. Zeros from pruning stay zeros. "
+        "Fine-tuning the centres afterwards recovers most of what rounding lost.")
+    st.latex(r"\min_{c_1,\dots,c_k}\; \sum_{i=1}^{k} \sum_{w \in C_i} \left| w - c_i \right|^2"
+             r"\qquad \text{bits per weight} \approx \log_2 k")
 
-variant = state.require_current()
-lesson.restore("share", {"share_k": 16}, choices={"share_k": CLUSTERS})
-data = state.data_in_use()
 
-c1, c2 = st.columns([2, 1])
-k = c1.select_slider("Clusters per layer (k)", CLUSTERS, key="share_k",
-                     help="Powers of two: k clusters need log₂ k bits per index.")
-lesson.link(c2, "share", ["share_k"])
-shared, acc = cached.shared(variant.id, k, variant.model, data.eval)
-before_acc = cached.accuracy(variant.id, variant.model, data.eval)
-breakdown = packed_breakdown(shared)
-weights = [r for r in breakdown if r["params"]]
-summary = packed_summary(breakdown)
-total = summary["total_bytes"]
+def headline(variant, shared, acc: float, before_acc: float) -> list[dict]:
+    """Accuracy, bits per weight and packed size; returns the per-layer rows of the packed file."""
+    breakdown = packed_breakdown(shared)
+    summary = packed_summary(breakdown)
+    total = summary["total_bytes"]
+    m = st.columns(4)
+    m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt")
+    m[1].metric("Bits per nonzero weight", f"{summary['bits_per_nonzero']:.2f}",
+                help="index + position + codebook, Huffman-coded, averaged over all conv/linear weights")
+    m[2].metric("Packed size", kib(total), f"was {kib(variant.metrics.bytes_packed)}", delta_color="off",
+                delta_arrow="off")
+    m[3].metric("Compression ratio vs dense fp32", ratio(variant.metrics.reference_bytes / max(1, total)))
+    return [r for r in breakdown if r["params"]]
 
-m = st.columns(4)
-m[0].metric("Eval accuracy", accuracy(acc), f"{100 * (acc - before_acc):+.1f} pt")
-m[1].metric("Bits per nonzero weight", f"{summary['bits_per_nonzero']:.2f}",
-            help="index + position + codebook, Huffman-coded, averaged over all conv/linear weights")
-m[2].metric("Packed size", kib(total), f"was {kib(variant.metrics.bytes_packed)}", delta_color="off", delta_arrow="off")
-m[3].metric("Compression ratio vs dense fp32", ratio(variant.metrics.reference_bytes / max(1, total)))
 
-names = layer_names(shared)
-left, right = st.columns([3, 2])
-with left:
-    layer = st.selectbox("Layer", names, index=min(4, len(names) - 1), key="share_layer")
-    lo_hi = weight_range(variant.model, layer)
-    centroids, _ = codebooks(shared)[layer]
-    st.plotly_chart(charts.histogram_before_after(
-        histogram(layer_weight(variant.model, layer), value_range=lo_hi, drop_zeros=True),
-        histogram(layer_weight(shared, layer), value_range=lo_hi, drop_zeros=True, bins=160),
-        f"Weights of {layer}: {len(centroids)} shared values", after_name="after sharing (nonzero)",
-        levels=centroids.tolist(), level_name="centroids"), key="share_hist")
-with right:
-    st.plotly_chart(charts.bars([r["name"] for r in weights], [r["bits_per_nonzero"] for r in weights],
-                                "Bits per nonzero weight, per layer", "bits"), key="share_bits")
-
-k1, k2, k3 = st.columns([1, 1, 2])
-if k1.button("Keep this variant", icon=":material/bookmark_add:", type="primary"):
-    with st.spinner("Measuring…"):
-        v = measure_variant(shared, "shared", {"clusters": k}, variant, name=f"{variant.name.split(' (')[0]} k={k}",
-                            eval_set=data.eval, test_set=data.test if data.full else None, latency=True)
-    state.add_variant(v)
-    st.success(f"Kept “{plain(v.name)}”.")
-epochs = k2.number_input("Centroid fine-tune epochs", 1, 20, 1, key="share_epochs")
-if k2.button("Fine-tune the centroids", icon=":material/tune:"):
-    train_set = data.train
-    state.submit("share_ft", f"Fine-tune centroids (k={k})", lambda j: centroid_finetune(
-        variant, k, epochs, train_set, data.eval, j.report, j.should_stop))
+def layers(variant, shared, weights: list[dict]) -> None:
+    """One layer's weights before and after, with its centroids; bits per weight of every layer."""
+    names = layer_names(shared)
+    left, right = st.columns([3, 2])
+    with left:
+        layer = st.selectbox("Layer", names, index=min(4, len(names) - 1), key="share_layer")
+        lo_hi = weight_range(variant.model, layer)
+        centroids, _ = codebooks(shared)[layer]
+        st.plotly_chart(charts.histogram_before_after(
+            histogram(layer_weight(variant.model, layer), value_range=lo_hi, drop_zeros=True),
+            histogram(layer_weight(shared, layer), value_range=lo_hi, drop_zeros=True, bins=160),
+            f"Weights of {layer}: {len(centroids)} shared values", after_name="after sharing (nonzero)",
+            levels=centroids.tolist(), level_name="centroids"), key="share_hist")
+    with right:
+        st.plotly_chart(charts.bars([r["name"] for r in weights], [r["bits_per_nonzero"] for r in weights],
+                                    "Bits per nonzero weight, per layer", "bits"), key="share_bits")
 
 
 @safety.fragment(run_every=1.0)
 def progress():
-    _, events = job_status("share_ft", "finetune", what="Fine-tuning", done=lambda job: (
-        f"“{plain(job.result.name)}”: {accuracy(job.result.metrics.eval_accuracy)}, joined the variants."))
-    if events:
-        st.plotly_chart(charts.training_curves(events, "Centroid fine-tuning"), key="share_curve")
+    training_job_status("share_ft", "Fine-tuning", "Centroid fine-tuning", "share_curve")
 
 
-with k3:
-    progress()
+def keep_it(variant, shared, data, k: int) -> None:
+    """Keep the shared model, or fine-tune its centroids in the background first."""
+    k1, k2, k3 = st.columns([1, 1, 2])
+    keep_button(k1, shared, "shared", {"clusters": k}, variant, f"{variant.name.split(' (')[0]} k={k}", data)
+    epochs = k2.number_input("Centroid fine-tune epochs", 1, 20, 1, key="share_epochs")
+    if k2.button("Fine-tune the centroids", icon=":material/tune:"):
+        train_set = data.train
+        state.submit("share_ft", f"Fine-tune centroids (k={k})", lambda j: centroid_finetune(
+            variant, k, epochs, train_set, data.eval, j.report, j.should_stop))
+    with k3:
+        progress()
+
+
+def share_page() -> None:
+    intro()
+    variant = state.require_current()
+    lesson.restore("share", {"share_k": 16}, choices={"share_k": CLUSTERS})
+    data = state.data_in_use()
+    c1, c2 = st.columns([2, 1])
+    k = c1.select_slider("Clusters per layer (k)", CLUSTERS, key="share_k",
+                         help="Powers of two: k clusters need log₂ k bits per index.")
+    lesson.link(c2, "share", ["share_k"])
+    shared, acc = cached.shared(variant.id, k, variant.model, data.eval)
+    before_acc = cached.accuracy(variant.id, variant.model, data.eval)
+    weights = headline(variant, shared, acc, before_acc)
+    layers(variant, shared, weights)
+    keep_it(variant, shared, data, k)
+
+
+share_page()

@@ -3,77 +3,72 @@ import streamlit as st
 from compression.jobs import train_model
 from compression.models import ARCHS
 from compression.train import TrainConfig
-from compression.worker import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from compression.worker import RUNNING
 from ui import charts, safety, state
 from ui.format import accuracy, duration, plain
+from ui.jobs import job_status, start_job
 
-st.title("Train a model")
-st.markdown(
-    "Training adjusts every weight a little after each batch of images to lower the loss (how wrong the "
-    "predictions are). It runs in the background: move sliders or visit other pages meanwhile — it keeps "
-    "going. On a laptop CPU, one pass over the 5,000 bundled images takes about half a minute for resnet20.")
 
-data = state.data_in_use()
-with st.form("train_settings", border=True):
-    c1, c2, c3 = st.columns(3)
-    arch = c1.selectbox("Architecture", ARCHS, index=ARCHS.index("resnet8"),
-                        help="resnetN: N layers with weights. Deeper = more accurate and slower.")
-    width = c1.select_slider("Width multiplier", [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], value=1.0,
-                             help="Scales the channels of every layer (16/32/64 at width 1).")
-    epochs = c2.number_input("Epochs", 1, 200, 3, help="Passes over the training images.")
-    batch = c2.select_slider("Batch size", [32, 64, 128, 256], value=128)
-    lr = c3.select_slider("Peak learning rate", [0.01, 0.02, 0.05, 0.1, 0.2, 0.4], value=0.2,
-                          help="One-cycle schedule: warm up to this, then cosine down to zero.")
-    c3.caption(f"Data: {data.label} ({len(data.train):,} images). Change it in the sidebar.")
-    start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+def intro() -> None:
+    st.title("Train a model")
+    st.markdown(
+        "Training adjusts every weight a little after each batch of images to lower the loss (how wrong the "
+        "predictions are). It runs in the background: move sliders or visit other pages meanwhile — it keeps "
+        "going. On a laptop CPU, one pass over the 5,000 bundled images takes about half a minute for resnet20.")
 
-job = state.job("train")
-if start:
-    if job is not None and job.active:
-        st.warning("A training run of yours is already going: stop it first.")
-    else:
-        config = TrainConfig(epochs=epochs, batch_size=batch, lr=lr)
-        train_set, eval_set = data.train, data.eval
-        job = state.submit("train", f"Train {arch}",
-                           lambda j: train_model(arch, width, config, train_set, eval_set, j.report, j.should_stop))
+
+def settings_form(data) -> None:
+    with st.form("train_settings", border=True):
+        c1, c2, c3 = st.columns(3)
+        arch = c1.selectbox("Architecture", ARCHS, index=ARCHS.index("resnet8"),
+                            help="resnetN: N layers with weights. Deeper = more accurate and slower.")
+        width = c1.select_slider("Width multiplier", [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], value=1.0,
+                                 help="Scales the channels of every layer (16/32/64 at width 1).")
+        epochs = c2.number_input("Epochs", 1, 200, 3, help="Passes over the training images.")
+        batch = c2.select_slider("Batch size", [32, 64, 128, 256], value=128)
+        lr = c3.select_slider("Peak learning rate", [0.01, 0.02, 0.05, 0.1, 0.2, 0.4], value=0.2,
+                              help="One-cycle schedule: warm up to this, then cosine down to zero.")
+        c3.caption(f"Data: {data.label} ({len(data.train):,} images). Change it in the sidebar.")
+        start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+    if not start:
+        return
+    config = TrainConfig(epochs=epochs, batch_size=batch, lr=lr)
+    train_set, eval_set = data.train, data.eval
+    start_job("train", f"Train {arch}", lambda j: train_model(arch, width, config, train_set, eval_set, j.report,
+                                                             j.should_stop),
+              "A training run of yours is already going: stop it first.")
+
+
+def stopped(job) -> str:
+    kept = (f" The model as it was at epoch {job.result.settings.get('stopped_at_epoch', 0):g} joined the "
+            "variants.") if job.result is not None else ""
+    return f"Training was stopped.{kept}"
 
 
 @safety.fragment(run_every=1.0)
 def progress() -> None:
-    job = state.job("train")
+    job, events = job_status("train", "train", what="Training", stopped=stopped, done=lambda job: (
+        f"Finished: “{plain(job.result.name)}” joined the variants with eval accuracy "
+        f"{accuracy(job.result.metrics.eval_accuracy)}. Pick it as the model in hand in the sidebar."))
     if job is None:
         st.info("No training run yet. Choose settings and press Start.")
         return
-    events = [e for e in job.snapshot() if e.get("phase") == "train"]
-    last = events[-1] if events else {}
-    if job.status == QUEUED:
-        st.info(f"Waiting for the worker: place {state.job_queue().position(job)} in the queue "
-                f"(other students' runs go first).")
-    elif job.status == RUNNING:
-        pct = last.get("step", 0) / max(1, last.get("total_steps", 1))
-        st.progress(min(1.0, pct), text=f"{job.title}: step {last.get('step', 0)} of {last.get('total_steps', '…')}")
+    if job.status == RUNNING:
+        last = events[-1] if events else {}
         c = st.columns(4)
         c[0].metric("Epoch", f"{last.get('epoch', 0):.2f}")
         c[1].metric("Images / s", f"{last.get('images_per_s', 0):.0f}")
         c[2].metric("Time left", duration(last.get("eta_s")))
         tests = [e["test_acc"] for e in events if e.get("test_acc") is not None]
         c[3].metric("Eval accuracy", accuracy(tests[-1] if tests else None))
-        if st.button("Stop", icon=":material/stop:", key="stop_training"):
-            state.job_queue().cancel(job)
-    elif job.status == DONE:
-        state.collect_finished_jobs()
-        variant = job.result
-        st.success(f"Finished: “{plain(variant.name)}” joined the variants with eval accuracy "
-                   f"{accuracy(variant.metrics.eval_accuracy)}. Pick it as the model in hand in the sidebar.")
-    elif job.status == CANCELLED:
-        state.collect_finished_jobs()
-        stopped = f" The model as it was at epoch {job.result.settings.get('stopped_at_epoch', 0):g} joined the " \
-                  "variants." if job.result is not None else ""
-        st.warning(f"Training was stopped.{stopped}")
-    elif job.status == FAILED:
-        st.error(f"Training failed: {job.error}")
     if events:
         st.plotly_chart(charts.training_curves(events, "Loss and accuracy"), key="train_curve")
 
 
-progress()
+def train_page() -> None:
+    intro()
+    settings_form(state.data_in_use())
+    progress()
+
+
+train_page()

@@ -18,23 +18,22 @@ not test accuracy; the test set plays no part.
 """
 import argparse
 import re
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import torch  # noqa: E402
+import torch
 
-from compression import data as D  # noqa: E402
-from compression.distill import distillation_loss_fn  # noqa: E402
-from compression.files import load_model  # noqa: E402
-from compression.metrics import keep_freed_memory  # noqa: E402
-from compression.models import copy_model  # noqa: E402
-from compression.prune import prune  # noqa: E402
-from compression.schedule import finetune, gradual_prune  # noqa: E402
-from compression.structured import prune_to_macs, recalibrate_batchnorm  # noqa: E402
-from compression.train import evaluate, run_to_end  # noqa: E402
+from compression import data as D
+from compression.distill import distillation_loss_fn
+from compression.files import load_model
+from compression.metrics import keep_freed_memory
+from compression.prune import prune
+from compression.schedule import finetune, gradual_prune
+from compression.structured import prune_to_macs, recalibrate_batchnorm
+from compression.train import evaluate, run_to_end
+from compression.weights import copy_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RECIPES = {   # (lr, label smoothing); the first of each is the fourth plan's
     "prune50": [(0.01, 0.0), (0.01, 0.1), (0.002, 0.1), (0.002, 0.0)],

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compression import huffman  # noqa: E402
-from compression.files import LARGEST_MODEL, state_dict_bytes  # noqa: E402
+from compression.checks import LARGEST_MODEL  # noqa: E402
+from compression.files import state_dict_bytes  # noqa: E402
 from compression.models import create_model  # noqa: E402
 from compression.packed import MAGIC, PREAMBLE, VERSION  # noqa: E402
 

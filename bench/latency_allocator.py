@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import json, sys
-sys.path.insert(0, ".")
 import compression.metrics
 if sys.argv[1] == "defaults":
     compression.metrics.keep_freed_memory = lambda: False

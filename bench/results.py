@@ -11,27 +11,28 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from compression import data as D
+from compression.activations import quantize_model
+from compression.distill import distill, distillation_loss_fn
+from compression.files import load_model
+from compression.counts import count_macs
+from compression.int8 import int8_export_bytes, to_int8
+from compression.metrics import compare_latency, fp32_bytes, int8_speedup, keep_freed_memory
+from compression.models import create_model
+from compression.packed import pack_model
+from compression.prune import prune, sparsity
+from compression.qat import convert_qat, prepare_qat
+from compression.schedule import finetune, gradual_prune
+from compression.share import bake_shared, cluster_weights, prepare_shared
+from compression.structured import channel_counts, prune_to_macs, recalibrate_batchnorm
+from compression.train import TrainConfig, cpu_model, evaluate, run_to_end, train
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from compression import data as D  # noqa: E402
-from compression.distill import distill, distillation_loss_fn  # noqa: E402
-from compression.files import load_model  # noqa: E402
-from compression.int8 import compare_latency as int8_latency, int8_export_bytes, to_int8  # noqa: E402
-from compression.metrics import compare_latency, count_macs, fp32_bytes, keep_freed_memory  # noqa: E402
-from compression.models import create_model  # noqa: E402
-from compression.packed import pack_model  # noqa: E402
-from compression.prune import prune, sparsity  # noqa: E402
-from compression.quantize import convert_qat, prepare_qat, quantize_model  # noqa: E402
-from compression.schedule import finetune, gradual_prune  # noqa: E402
-from compression.share import bake_shared, cluster_weights, prepare_shared  # noqa: E402
-from compression.structured import channel_counts, prune_to_macs, recalibrate_batchnorm  # noqa: E402
-from compression.train import TrainConfig, cpu_model, evaluate, run_to_end, train  # noqa: E402
 
 TEACHER_TARGET = 90.0   # % on the full test set (the foundation issue's target for resnet20)
 # Epochs over the 50,000 training images. Each plan was fixed here before its run; no candidate setting
@@ -142,7 +143,7 @@ def main():
             met=None if target else True, note="" if target else "reported, no target")
 
     int8 = to_int8(base, calib)
-    timing = int8_latency(base, int8, batch_size=256, repeats=25)
+    timing = int8_speedup(base, int8, batch_size=256, repeats=25)
     int8_acc = evaluate(int8, test_set, batch_size=250).accuracy
     blob = int8_export_bytes(int8)
     speed_ok = timing["speedup"] >= 2.0

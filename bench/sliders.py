@@ -17,23 +17,23 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from compression.activations import quantize_model
+from compression.data import eval_subset, load_sample
+from compression.distill import entropy, softened_probabilities
+from compression.files import load_model
+from compression.packed_sizes import packed_breakdown
+from compression.prune import layer_sparsity, prune
+from compression.quantize import quant_grid
+from compression.share import cluster_weights
+from compression.train import cpu_model, evaluate
+from compression.views import histogram, layer_quant_error, layer_weight, weight_range
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from compression import quantize as Q  # noqa: E402
-from compression.data import eval_subset, load_sample  # noqa: E402
-from compression.distill import entropy, softened_probabilities  # noqa: E402
-from compression.files import load_model  # noqa: E402
-from compression.packed import packed_breakdown  # noqa: E402
-from compression.prune import layer_sparsity, prune  # noqa: E402
-from compression.share import cluster_weights  # noqa: E402
-from compression.train import cpu_model, evaluate  # noqa: E402
-from compression.views import histogram, layer_weight, weight_range  # noqa: E402
 
 LAYER = "layer1.1.conv2"
 
@@ -48,13 +48,13 @@ def prune_move(model, ev, ratio):
 
 
 def bits_move(model, ev, bits):
-    q = Q.quantize_model(model, bits, symmetric=True, per_channel=True)
+    q = quantize_model(model, bits, symmetric=True, per_channel=True)
     evaluate(q, ev)
     lo_hi = weight_range(model, LAYER)
     histogram(layer_weight(model, LAYER), value_range=lo_hi)
     histogram(layer_weight(q, LAYER), value_range=lo_hi, bins=200)
-    Q.quant_grid(layer_weight(model, LAYER), bits, True, True, channel=0)
-    Q.layer_quant_error(model, q)
+    quant_grid(layer_weight(model, LAYER), bits, True, True, channel=0)
+    layer_quant_error(model, q)
 
 
 def temperature_move(model, image, t):

@@ -9,16 +9,13 @@ Goal (issue 2): ratio ≥ 0.9, i.e. loading, augmenting and bookkeeping cost und
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from compression.data import ImageSet, has_cifar10, load_cifar10  # noqa: E402
-from compression.models import create_model  # noqa: E402
-from compression.train import TrainConfig, hardware_name, make_optimizer, pick_device, train  # noqa: E402
+from compression.data import ImageSet, has_cifar10, load_cifar10
+from compression.models import create_model
+from compression.train import TrainConfig, hardware_name, make_optimizer, pick_device, train
 
 
 def bare_images_per_s(arch, batch_size, steps, device):

@@ -2,394 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from pathlib import Path
-
-import torch
 
 from . import data as D
-from .files import ModelFileError, load_model, save_model, sha256_file
+from .commands import (cmd_cluster, cmd_distill, cmd_download, cmd_evaluate, cmd_export, cmd_info, cmd_pipeline,
+                       cmd_prune, cmd_quantize, cmd_report, cmd_train)
+from .files import ModelFileError
 from .metrics import keep_freed_memory
-from .models import ARCHS, create_model
-from .train import CheckpointError, TrainConfig, evaluate, hardware_name, pick_device, train
+from .models import ARCHS
+from .train import CheckpointError
 
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def load_splits(args) -> tuple[D.ImageSet, D.ImageSet]:
-    if getattr(args, "sample", False):
-        return D.load_sample()
-    return D.load_cifar10(args.data, "train"), D.load_cifar10(args.data, "test")
-
-
-def cmd_train(args) -> int:
-    train_set, test_set = load_splits(args)
-    if args.limit:
-        train_set = train_set.subset(slice(0, args.limit))
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                         schedule=args.schedule, seed=args.seed, device=args.device, cutout=args.cutout,
-                         warmup=args.warmup, swa=args.swa)
-    loss_fn = None
-    if args.teacher:                   # distil from a trained model while training (e.g. born-again networks)
-        from .distill import MeanLogits, distillation_loss_fn
-        teachers = [load_model(path)[0] for path in args.teacher]
-        names, hashes = [Path(p).name for p in args.teacher], [sha256_file(p) for p in args.teacher]
-        if len(teachers) == 1:         # one teacher keeps the card (and checkpoint) format of single names
-            teacher, names, hashes = teachers[0], names[0], hashes[0]
-        else:
-            teacher = MeanLogits(teachers)
-        config.distill = {"teacher": names, "teacher_sha256": hashes, "T": args.temperature, "alpha": args.alpha}
-        loss_fn = distillation_loss_fn(teacher, args.temperature, args.alpha, config.label_smoothing)
-    torch.manual_seed(config.seed)
-    previous, width = None, args.width
-    if args.init:                      # continue from a saved model (a second training phase)
-        model, meta = load_model(args.init)
-        width = float(meta.get("width", width))
-        card = Path(args.init).with_suffix(".json")
-        previous = json.loads(card.read_text()) if card.exists() else {"weights": Path(args.init).name}
-        previous["sha256"] = sha256_file(args.init)
-        if model.arch != args.arch:
-            raise ModelFileError(f"{args.init} holds a {model.arch}, not a {args.arch}")
-    else:
-        model = create_model(args.arch, args.width)
-    log = open(args.log, "a") if args.log else None
-    last = None
-    for event in train(model, train_set, config, test_set, loss_fn=loss_fn, events_every=50,
-                       checkpoint=args.checkpoint):
-        last = event
-        line = (f"[{event.kind}] step {event.step}/{event.total_steps} epoch {event.epoch:.2f} "
-                f"loss {event.loss:.4f} train {event.train_acc:.4f} lr {event.lr:.4f} "
-                f"{event.images_per_s:.0f} img/s eta {event.eta_s/60:.1f} min"
-                + (f" test {event.test_acc:.4f}" if event.test_acc is not None else ""))
-        if not args.json:
-            print(line, flush=True)
-        if log:
-            log.write(line + "\n")
-            log.flush()
-    model = model.cpu().to(memory_format=torch.contiguous_format)
-    result = evaluate(model, test_set)
-    out = save_model(model, args.out)
-    card = {
-        "arch": args.arch, "width": width, "weights": out.name,
-        "recipe": {**config.to_dict(), "optimizer": "SGD (Nesterov)", "augmentation": "pad-4 random crop + flip",
-                   "train_images": len(train_set)},
-        "epochs": args.epochs + (previous or {}).get("epochs", 0), "seed": args.seed,
-        "training_time_s": round(last.elapsed_s + (previous or {}).get("training_time_s", 0), 1),
-        "hardware": hardware_name(pick_device(args.device)),
-        "torch": torch.__version__,
-        "test_set": test_set.name, "test_images": result.images, "test_accuracy": round(result.accuracy, 4),
-        "sha256": sha256_file(out),
-        "trained_on": time.strftime("%Y-%m-%d"),
-    }
-    if previous:
-        card["recipe"]["phase"] = previous.get("recipe", {}).get("phase", 1) + 1
-        card["phase_epochs"] = args.epochs
-        card["previous_phase"] = {k: previous[k] for k in ("recipe", "epochs", "phase_epochs", "training_time_s",
-                                                           "hardware", "test_accuracy", "sha256", "trained_on",
-                                                           "previous_phase") if k in previous}
-    Path(out).with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    if args.json:
-        _print_json(card)
-    else:
-        print(f"saved {out} (test accuracy {result.accuracy:.4f})")
-    return 0
-
-
-def cmd_download(args) -> int:
-    root = D.resolve_root(args.data)
-    if D.has_cifar10(root) and not args.force:
-        print(f"CIFAR-10 is already in {D.batches_dir(root)}")
-        return 0
-
-    def progress(done: int, total: int) -> None:
-        if total:
-            print(f"\r{done / 1e6:6.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
-
-    folder = D.download_cifar10(root, progress)
-    print(f"\nunpacked into {folder}")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    model, meta = load_model(args.model, args.arch)
-    if args.sample:
-        _, test_set = D.load_sample()
-    else:
-        test_set = D.load_cifar10(args.data, "test")
-    result = evaluate(model, test_set)
-    if args.json:
-        _print_json({"model": str(args.model), "arch": meta.get("arch"), "data": test_set.name,
-                     **result.to_dict(), "classes": list(D.CLASSES)})
-    else:
-        print(f"{args.model}: accuracy {result.accuracy:.4f} on {result.images} images ({test_set.name})")
-        for name, acc in zip(D.CLASSES, result.per_class):
-            print(f"  {name:>10}: {acc:.3f}")
-    return 0
-
-
-def cmd_info(args) -> int:
-    from .metrics import measure
-
-    model, meta = load_model(args.model, args.arch)
-    m = measure(model)
-    info = {"model": str(args.model), "arch": meta.get("arch"), "width": float(meta.get("width", 1.0)),
-            "size_bytes": Path(args.model).stat().st_size, **m.to_dict(with_layers=args.layers)}
-    if args.json:
-        _print_json(info)
-    else:
-        for key, value in info.items():
-            if key != "layers":
-                print(f"{key:>18}: {value}")
-    return 0
-
-
-# --- compression verbs ---------------------------------------------------------------------------------
-
-class Data:
-    """The data a verb needs, loaded once: eval subset (bundled), training and test sets (full CIFAR-10
-    when --data / CIFAR10_ROOT has it, else the bundled sample, said on stderr)."""
-
-    def __init__(self, args):
-        self.args = args
-        self._splits = None
-
-    @property
-    def eval(self) -> D.ImageSet:
-        return D.eval_subset(D.load_sample()[1])
-
-    def splits(self) -> tuple[D.ImageSet, D.ImageSet]:
-        if self._splits is None:
-            if not getattr(self.args, "sample", False) and D.has_cifar10(self.args.data):
-                self._splits = D.load_cifar10(self.args.data, "train"), D.load_cifar10(self.args.data, "test")
-            else:
-                print("note: full CIFAR-10 not found (--data / CIFAR10_ROOT); using the bundled sample",
-                      file=sys.stderr)
-                self._splits = D.load_sample()
-        return self._splits
-
-    @property
-    def train(self) -> D.ImageSet:
-        return self.splits()[0]
-
-    @property
-    def test(self) -> D.ImageSet | None:
-        if getattr(self.args, "full_test", False):
-            return self.splits()[1]
-        return None
-
-
-def load_variant(path: str, data: Data, arch: str | None = None):
-    from .variant import measure_variant
-
-    model, meta = load_model(path, arch)
-    return measure_variant(model, meta.get("technique") or "loaded", {"file": Path(path).name},
-                           name=meta.get("name") or Path(path).stem, eval_set=data.eval)
-
-
-def finish(args, variant, data: Data) -> int:
-    """Measure a new variant fully, save it (packed or safetensors by extension) and print its metrics."""
-    from .export import packed_bytes, safetensors_bytes
-    from .metrics import measure
-
-    variant.metrics = measure(variant.model, reference_bytes=variant.metrics.reference_bytes or None,
-                              eval_set=data.eval, test_set=data.test, latency=args.latency)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(packed_bytes(variant) if out.suffix == ".cmpk" else safetensors_bytes(variant))
-    result = {"name": variant.name, "technique": variant.technique, "settings": variant.settings,
-              "recipe": variant.recipe, "out": args.out, **variant.metrics.to_dict()}
-    if args.json:
-        _print_json(result)
-    else:
-        m = variant.metrics
-        print(f"{variant.recipe}\n  eval accuracy {m.eval_accuracy:.4f}"
-              + (f", test accuracy {m.test_accuracy:.4f}" if m.test_accuracy is not None else "")
-              + f"\n  sparsity {m.sparsity:.4f}, {m.nonzero_params:,} nonzero of {m.params:,} parameters, "
-                f"{m.macs / 1e6:.2f} M MACs\n  {m.bytes_fp32:,} B fp32, {m.bytes_gzip:,} B gzip, "
-                f"{m.bytes_packed:,} B packed ({m.compression_ratio:.1f}x)"
-              + (f"\n  saved {args.out}" if args.out else ""))
-    return 0
-
-
-def run_quietly(events, args) -> None:
-    for event in events:
-        if getattr(event, "kind", "") == "epoch" and not args.json:
-            acc = f" eval {event.test_acc:.4f}" if event.test_acc is not None else ""
-            print(f"  epoch {event.epoch:.2f} loss {event.loss:.4f}{acc}", file=sys.stderr, flush=True)
-
-
-def cmd_prune(args) -> int:
-    from .variant import measure_variant
-
-    data = Data(args)
-    base = load_variant(args.model, data, args.arch)
-    if args.structured:
-        from .structured import prune_filters, prune_to_macs
-        if args.target_macs:
-            model = prune_to_macs(base.model, args.target_macs, args.criterion, calib=data.train,
-                                  round_to=args.round_to)
-        else:
-            model = prune_filters(base.model, args.amount, args.criterion, calib=data.train, round_to=args.round_to)
-        technique, settings = "filter-pruned", {"criterion": args.criterion, "ratio": args.amount,
-                                                "target_macs": args.target_macs, "round_to": args.round_to}
-    else:
-        from .prune import FIRST_AND_LAST, prune
-        exempt = FIRST_AND_LAST if args.keep_first_last else ()
-        model = prune(base.model, args.amount, args.method, args.scope, exempt=exempt, data=data.train)
-        technique, settings = "pruned", {"method": args.method, "scope": args.scope, "amount": args.amount}
-    if args.finetune_epochs:
-        from .schedule import finetune
-        run_quietly(finetune(model, data.train, args.finetune_epochs, data.eval, lr=args.lr), args)
-        settings["finetune_epochs"] = args.finetune_epochs
-    return finish(args, measure_variant(model, technique, settings, base, name=f"{base.name} {technique}"), data)
-
-
-def cmd_quantize(args) -> int:
-    from . import quantize as Q
-    from .variant import measure_variant
-
-    data = Data(args)
-    base = load_variant(args.model, data, args.arch)
-    if args.int8:
-        from .jobs import int8_variant
-        variant = int8_variant(base, data.train, data.eval, lambda **kw: None, lambda: False, test_set=data.test)
-        if args.out:
-            Path(args.out).write_bytes(variant.artifacts["int8"])
-        info = {"name": variant.name, "settings": variant.settings, "out": args.out, **variant.metrics.to_dict()}
-        _print_json(info) if args.json else print(f"{variant.recipe}\n  eval accuracy "
-                                                  f"{variant.metrics.eval_accuracy:.4f}" + (f"\n  saved {args.out}"
-                                                                                          if args.out else ""))
-        return 0
-    symmetric, per_channel = args.mode == "symmetric", args.granularity == "per-channel"
-    bits = args.bits if args.bits in Q.FLOAT_FORMATS else int(args.bits)
-    if bits in Q.FLOAT_FORMATS:
-        model = Q.to_reduced_float(base.model, bits, activations=args.activation_bits is not None)
-        technique = "reduced-float"
-    elif args.qat_epochs:
-        from .schedule import finetune
-        model = Q.prepare_qat(base.model, bits, symmetric, per_channel, a_bits=args.activation_bits,
-                              calib=data.train if args.activation_bits else None, a_method=args.calibration)
-        run_quietly(finetune(model, data.train, args.qat_epochs, data.eval, lr=args.lr), args)
-        model, technique = Q.convert_qat(model), "QAT"
-    else:
-        model = Q.quantize_model(base.model, bits, args.activation_bits, data.train if args.activation_bits else None,
-                                 symmetric=symmetric, per_channel=per_channel, a_method=args.calibration)
-        technique = "quantized"
-    settings = {"bits": bits, "mode": args.mode, "granularity": args.granularity, "a_bits": args.activation_bits,
-                "calibration": args.calibration, "qat_epochs": args.qat_epochs}
-    return finish(args, measure_variant(model, technique, settings, base, name=f"{base.name} {technique} w{bits}"),
-                  data)
-
-
-def cmd_distill(args) -> int:
-    from .distill import distill
-    from .models import create_model
-    from .variant import measure_variant
-
-    data = Data(args)
-    teacher = load_variant(args.teacher, data, args.arch)
-    student = load_model(args.student)[0] if args.student else create_model(args.student_arch, args.student_width)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         label_smoothing=0.0 if args.alpha > 0 else 0.1)
-    run_quietly(distill(student, teacher.model, data.train, config, T=args.temperature, alpha=args.alpha,
-                        test_set=data.eval), args)
-    settings = {"teacher": teacher.name, "T": args.temperature, "alpha": args.alpha, "epochs": args.epochs}
-    return finish(args, measure_variant(student, "distilled", settings, name=f"{args.student_arch} distilled"), data)
-
-
-def cmd_cluster(args) -> int:
-    from .share import bake_shared, cluster_weights, prepare_shared
-    from .variant import measure_variant
-
-    data = Data(args)
-    base = load_variant(args.model, data, args.arch)
-    model = cluster_weights(base.model, args.clusters)
-    if args.centroid_epochs:
-        from .schedule import finetune
-        model = prepare_shared(model, args.clusters)
-        run_quietly(finetune(model, data.train, args.centroid_epochs, data.eval, lr=args.lr, weight_decay=0.0), args)
-        model = bake_shared(model)
-    settings = {"clusters": args.clusters, "centroid_epochs": args.centroid_epochs}
-    return finish(args, measure_variant(model, "shared", settings, base, name=f"{base.name} k={args.clusters}"),
-                  data)
-
-
-def cmd_pipeline(args) -> int:
-    from .pipelines import Stage, deep_compression, spiral
-
-    data = Data(args)
-    base = load_variant(args.model, data, args.arch)
-    if args.kind == "deep-compression":
-        steps = deep_compression(base, data.train, data.eval, args.sparsity, args.clusters, args.finetune_epochs,
-                                 args.centroid_epochs, args.lr, test_set=data.test)
-    else:
-        steps = spiral(base, data.train, data.eval, args.rounds, args.sparsity, args.epochs_per_round,
-                       args.temperature, args.alpha, args.lr, test_set=data.test)
-    stages = []
-    for step in steps:
-        if isinstance(step, Stage):
-            stages.append(step)
-            if not args.json:
-                r = step.row()
-                print(f"{r['stage']:>18}: eval {r['eval_accuracy']:.4f}, {r['bytes']:,} B ({r['ratio']:.1f}x)",
-                      flush=True)
-        elif getattr(step, "kind", "") == "epoch" and not args.json:
-            print(f"  epoch {step.epoch:.2f} loss {step.loss:.4f}", file=sys.stderr, flush=True)
-    if args.out and stages:
-        from .export import packed_bytes
-        Path(args.out).write_bytes(packed_bytes(stages[-1].variant))
-    if args.json:
-        _print_json({"pipeline": args.kind, "out": args.out, "stages": [s.row() for s in stages],
-                     "final": stages[-1].variant.metrics.to_dict() if stages else None})
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .export import packed_bytes, safetensors_bytes
-
-    data = Data(args)
-    variant = load_variant(args.model, data, args.arch)
-    if args.format == "int8":
-        from .int8 import int8_export_bytes, to_int8
-        blob = int8_export_bytes(to_int8(variant.model, data.train))
-    else:
-        blob = packed_bytes(variant) if args.format == "packed" else safetensors_bytes(variant)
-    Path(args.out).write_bytes(blob)
-    info = {"model": args.model, "format": args.format, "out": args.out, "bytes": len(blob)}
-    _print_json(info) if args.json else print(f"wrote {args.out} ({len(blob):,} bytes, {args.format})")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from .metrics import measure
-    from .variant import report_csv, report_json
-
-    data = Data(args)
-    rows = []
-    reference = None
-    for path in args.models:
-        variant = load_variant(path, data, args.arch)
-        variant.metrics = measure(variant.model, reference_bytes=reference, eval_set=data.eval,
-                                  test_set=data.test, latency=args.latency)
-        reference = reference or variant.metrics.bytes_fp32     # ratios against the first model
-        rows.append(variant.row())
-    if args.json:
-        print(report_json(rows))
-    elif args.csv:
-        print(report_csv(rows), end="")
-    else:
-        cols = ["name", "eval_accuracy", "test_accuracy", "sparsity", "bytes_packed", "compression_ratio"]
-        print("  ".join(f"{c:>16}" for c in cols))
-        for r in rows:
-            print("  ".join(f"{r[c]:>16.4f}" if isinstance(r[c], float) else f"{str(r[c]):>16}" for c in cols))
-    return 0
+# This module is the parser and the entry point; the verbs themselves are in commands.py.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download the official CIFAR-10 archive, check its md5 and unpack it")
     p.add_argument("--data", help="folder to put cifar-10-batches-py/ in (default: $CIFAR10_ROOT or ./data)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--url", default=D.ARCHIVE_URL, help="fetch the archive from here instead (a mirror on the class "
+                   "network, say); its md5 is checked all the same")
+    p.add_argument("--md5", default=D.ARCHIVE_MD5, help="the md5 the archive must have (default: the official one)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("evaluate", help="accuracy of a model file on the CIFAR-10 test set")
@@ -461,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="unstructured or structured (filter) pruning")
     p.add_argument("model")
-    p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or filters) to remove")
+    p.add_argument("--amount", type=float, default=0.5,
+                   help="fraction of the weights to remove; with --structured, of each layer's filters (the ratio)")
     p.add_argument("--method", choices=["magnitude", "random", "gradient"], default="magnitude")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     p.add_argument("--keep-first-last", action="store_true", help="keep the stem conv and classifier dense")
@@ -508,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="deep-compression or the prune-distill spiral")
     p.add_argument("kind", choices=["deep-compression", "spiral"])
     p.add_argument("model")
-    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--amount", "--sparsity", dest="amount", type=float, default=0.9,
+                   help="fraction of the weights to prune (--sparsity is its former name)")
     p.add_argument("--clusters", type=int, default=16)
     p.add_argument("--finetune-epochs", type=float, default=2)
     p.add_argument("--centroid-epochs", type=float, default=0)

@@ -15,7 +15,7 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -219,6 +219,16 @@ def eval_subset(sample_test: ImageSet, per_class: int = EVAL_PER_CLASS) -> Image
     index = torch.cat([torch.nonzero(sample_test.labels == c).flatten()[:per_class]
                        for c in range(len(CLASSES))]).sort().values
     return sample_test.subset(index, f"eval subset ({per_class} per class)")
+
+
+def calibration_batches(data: ImageSet, batches: int, batch_size: int) -> Iterator[ImageSet]:
+    """`batches` batches from the start of `data`, wrapping around when it is short: batch i is
+    data[s : s + batch_size] with s = i · batch_size mod len(data) (calibration, gradient scores)."""
+    if len(data) == 0:
+        raise ValueError("calibration needs at least one image")
+    for i in range(batches):
+        start = i * batch_size % len(data)
+        yield data.subset(slice(start, start + batch_size))
 
 
 # --- download ----------------------------------------------------------------------------------------

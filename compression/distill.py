@@ -29,8 +29,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from .data import ImageSet, to_float
-from .models import copy_model
+from .models import eval_mode
 from .train import LossFn, TrainConfig, TrainEvent, train
+from .weights import copy_model
 
 MAX_ENTROPY = math.log(10)   # nats: the uniform distribution over the 10 CIFAR classes
 
@@ -123,7 +124,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_set: ImageSet, config:
             step_hook: Callable[[int, int, nn.Module], None] | None = None) -> Iterator[TrainEvent]:
     """Train `student` in place to mimic `teacher`: the train.train generator of TrainEvents.
 
-    Copy the student first (models.copy_model) to keep the original. Any model of the family can be
+    Copy the student first (weights.copy_model) to keep the original. Any model of the family can be
     the student, including masked (unstructured-pruned) and structured-pruned ones; the CE term uses
     config.label_smoothing. The teacher itself is not touched (a frozen copy does the work).
     """
@@ -138,12 +139,8 @@ def softened_probabilities(model: nn.Module, images: torch.Tensor, T: float = 1.
     single = images.ndim == 3
     batch = images.unsqueeze(0) if single else images
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = model(to_float(batch.to(device))).float().cpu()
-    finally:
-        model.train(was_training)
     probs = soften(logits, T)
     return probs[0] if single else probs
 

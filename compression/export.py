@@ -2,24 +2,17 @@
 
 - packed (.cmpk): sparse positions, codebooks and Huffman-coded indices (compression/packed.py); the
   smallest, and it reloads to the same logits bit for bit;
-- safetensors: the plain fp32 state_dict (masks baked in), for any PyTorch code;
+- safetensors: the plain fp32 state_dict (weights.plain_model: masks baked in), for any PyTorch code;
 - int8 (.pt2): the real int8 program from compression/int8.py, where the variant has one.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from torch import nn
-
 from .files import model_metadata, state_dict_bytes
 from .packed import pack_model
-from .prune import strip
 from .variant import Variant
-
-
-def plain_model(model: nn.Module) -> nn.Module:
-    """A copy of the plain architecture with the weights the variant computes with."""
-    return strip(model)
+from .weights import plain_model
 
 
 def variant_metadata(variant: Variant) -> dict:

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import io
 import logging
-import statistics
 import time
 
 import torch
 from torch import nn
 
-from .data import ImageSet, to_float
-from .metrics import keep_freed_memory
-from .quantize import plain_weights
+from .data import ImageSet, calibration_batches, to_float
+from .weights import plain_model
 
 MAX_BATCH = 4096
 
@@ -64,17 +62,6 @@ def x86_quantizer():
     return quantizer
 
 
-def calibration_batches(calib: ImageSet, batches: int = 4, batch_size: int = 128) -> list[torch.Tensor]:
-    """`batches` float batches from the start of `calib` (wrapping around when it is short)."""
-    if len(calib) == 0:
-        raise ValueError("calibration needs at least one image")
-    out = []
-    for i in range(batches):
-        start = i * batch_size % len(calib)
-        out.append(to_float(calib.images[start:start + batch_size]))
-    return out
-
-
 def export_graph(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """Step 1: the model as an ATen graph whose batch dimension may vary."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
@@ -95,8 +82,8 @@ def quantize_pt2e(model: nn.Module, calib: ImageSet, batches: int = 4, batch_siz
     import_torchao_quietly()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    model = plain_weights(model).eval()   # masks baked in, simulated rounding removed
-    images = calibration_batches(calib, batches, batch_size)
+    model = plain_model(model).eval()   # masks baked in, simulated rounding removed
+    images = [to_float(batch.images) for batch in calibration_batches(calib, batches, batch_size)]
     with torch.no_grad():
         prepared = prepare_pt2e(export_graph(model, images[0]), x86_quantizer())
         for x in images:
@@ -165,26 +152,3 @@ def int8_export_bytes(int8_model: Int8Model) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
-
-
-@torch.no_grad()
-def compare_latency(fp32_model: nn.Module, int8_model: Int8Model, batch_size: int = 256, repeats: int = 7,
-                    warmup: int = 2) -> dict:
-    """Median CPU time of one forward pass, fp32 eager and int8, timed alternately in the same run
-    (so both see the same machine load): {"fp32_ms", "int8_ms", "speedup" = fp32_ms / int8_ms, …}."""
-    keep_freed_memory()
-    fp32 = plain_weights(fp32_model).eval()
-    x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    int8_model(x)                                  # compiles, the first time at this batch size
-    first_call_s = time.perf_counter() - start
-    times = {"fp32": [], "int8": []}
-    for i in range(warmup + repeats):
-        for name, model in (("fp32", fp32), ("int8", int8_model)):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times[name].append((time.perf_counter() - start) * 1000)
-    fp32_ms, int8_ms = statistics.median(times["fp32"]), statistics.median(times["int8"])
-    return {"batch_size": batch_size, "threads": torch.get_num_threads(), "fp32_ms": fp32_ms,
-            "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms, "first_int8_call_s": first_call_s}

@@ -10,11 +10,13 @@ from typing import Callable, Iterable
 
 from torch import nn
 
+from .analysis import accuracy_vs_amount, sensitivity
 from .data import ImageSet
-from .models import copy_model, create_model
-from .schedule import accuracy_vs_sparsity, finetune, sensitivity
+from .models import create_model
+from .schedule import finetune
 from .train import TrainConfig, TrainEvent, train
 from .variant import Variant, measure_variant
+from .weights import copy_model
 
 Report = Callable[..., None]
 Stop = Callable[[], bool]
@@ -61,7 +63,7 @@ def pruning_curve(model: nn.Module, eval_set: ImageSet, method: str, scope: str,
     for a in amounts:
         if stop():
             break
-        points += accuracy_vs_sparsity(model, eval_set, [a], method, scope, exempt, data)
+        points += accuracy_vs_amount(model, eval_set, [a], method, scope, exempt, data)
         report(done=len(points))
     return points
 
@@ -153,7 +155,7 @@ def qat_variant(parent: Variant, bits: int, symmetric: bool, per_channel: bool, 
                 lr: float = 0.01) -> Variant:
     """Quantization-aware training: fine-tune with fake-quantized weights (straight-through estimator),
     then bake the weights onto the grid."""
-    from .quantize import convert_qat, prepare_qat
+    from .qat import convert_qat, prepare_qat
 
     model = prepare_qat(parent.model, bits, symmetric, per_channel, a_bits=a_bits,
                         calib=train_set if a_bits else None)
@@ -171,20 +173,20 @@ def int8_variant(parent: Variant, calib: ImageSet, eval_set: ImageSet, report: R
     """Real int8 (PT2E): compile, measure latency against fp32 in the same run, evaluate, and keep the
     .pt2 file as the variant's extra download. The variant's model holds the same 8-bit per-channel
     weights in float, so it can be packed, inspected and compressed further like any other."""
-    from .int8 import compare_latency, int8_export_bytes, to_int8
-    from .metrics import measure
+    from .int8 import int8_export_bytes, to_int8
+    from .metrics import int8_speedup, measure
     from .quantize import quantize_weights
     from .train import evaluate
 
     report(phase="int8", step=1, total_steps=5, message="calibrating and converting")
     int8 = to_int8(parent.model, calib)
     report(phase="int8", step=2, total_steps=5, message="compiling and timing at batch 256")
-    timing = compare_latency(parent.model, int8, batch_size=256)
+    timing = int8_speedup(parent.model, int8, batch_size=256)
     report(phase="int8", step=3, total_steps=5, message="evaluating")
     accuracy = evaluate(int8, eval_set, batch_size=250).accuracy
     test_accuracy = evaluate(int8, test_set, batch_size=250).accuracy if test_set is not None else None
     report(phase="int8", step=4, total_steps=5, message="timing at batch 1")
-    b1 = compare_latency(parent.model, int8, batch_size=1, repeats=20)
+    b1 = int8_speedup(parent.model, int8, batch_size=1, repeats=20)
     blob = int8_export_bytes(int8)
     weights = quantize_weights(parent.model, 8, symmetric=True, per_channel=True)
     metrics = measure(weights, reference_bytes=parent.metrics.reference_bytes or None)
@@ -201,7 +203,7 @@ def int8_variant(parent: Variant, calib: ImageSet, eval_set: ImageSet, report: R
 def bits_curve(model: nn.Module, eval_set: ImageSet, symmetric: bool, per_channel: bool, a_bits: bool,
                calib: ImageSet, report: Report, stop: Stop) -> list:
     """Eval accuracy at 1…8 weight bits (activations at the same bits when `a_bits`)."""
-    from .quantize import quantize_model
+    from .activations import quantize_model
     from .train import evaluate
 
     points = []

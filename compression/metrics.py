@@ -1,8 +1,7 @@
 """What every variant is measured by, the same way for all of them.
 
-- parameters, and nonzero parameters (per layer and in all);
-- multiply-accumulates (MACs) per image: dense, and counting only nonzero weights
-  (each nonzero weight of a conv is used once per output pixel: MACs = nnz(W) · H_out · W_out);
+- parameters, and nonzero parameters (per layer and in all), and multiply-accumulates (MACs) per image,
+  dense and counting only nonzero weights (counts.py counts them);
 - bytes: fp32 safetensors, gzip of it, and the packed format (compression/packed.py);
 - compression ratio = fp32 bytes of the dense parent / packed bytes;
 - accuracy on the eval subset and on the full test set;
@@ -22,85 +21,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .counts import count_params, layer_table
 from .data import ImageSet
 from .files import state_dict_bytes
-from .models import copy_model
+from .packed import pack_model
 from .prune import strip
 from .train import evaluate
-
-
-@dataclass
-class LayerInfo:
-    name: str
-    kind: str
-    shape: tuple
-    params: int
-    nonzero: int
-    macs: int
-    nonzero_macs: int
-
-    @property
-    def sparsity(self) -> float:
-        return 1 - self.nonzero / max(1, self.params)
-
-
-def layer_table(model: nn.Module, image_size: int = 32) -> list[LayerInfo]:
-    """One row per Conv2d / Linear layer: shape, parameters, nonzeros and MACs for one image."""
-    rows: list[LayerInfo] = []
-    hooks = []
-
-    def hook(name):
-        def record(module, inputs, output):
-            weight = module.weight.detach()
-            nnz = int((weight != 0).sum())
-            if isinstance(module, nn.Conv2d):
-                pixels = output.shape[-1] * output.shape[-2]
-                macs, nz_macs = weight.numel() * pixels, nnz * pixels
-            else:
-                macs, nz_macs = weight.numel(), nnz
-            rows.append(LayerInfo(name, type(module).__name__, tuple(weight.shape), weight.numel(), nnz,
-                                  macs, nz_macs))
-        return record
-
-    model = copy_model(model)   # hooks on a private copy: the caller's model may be shared between threads
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return rows
-
-
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters), counting a pruned layer's effective weight."""
-    total = nonzero = 0
-    for name, tensor in _effective_parameters(model):
-        total += tensor.numel()
-        nonzero += int((tensor != 0).sum())
-    return total, nonzero
-
-
-def _effective_parameters(model: nn.Module):
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if name.endswith("_orig") and hasattr(module, name[:-5] + "_mask"):
-                yield f"{module_name}.{name[:-5]}", getattr(module, name[:-5]).detach()
-            else:
-                yield f"{module_name}.{name}", param.detach()
-
-
-def count_macs(model: nn.Module) -> tuple[int, int]:
-    """(dense MACs, nonzero MACs) per 32x32 image."""
-    rows = layer_table(model)
-    return sum(r.macs for r in rows), sum(r.nonzero_macs for r in rows)
+from .weights import plain_model
 
 
 def fp32_bytes(model: nn.Module) -> bytes:
@@ -187,8 +114,6 @@ def measure(model: nn.Module, *, reference_bytes: int | None = None, eval_set: I
             test_set: ImageSet | None = None, latency: bool = False, packed: bytes | None = None) -> Metrics:
     """Measure `model`. `reference_bytes` is the dense fp32 size the compression ratio is taken
     against (default: this model's own fp32 size). `packed` lets callers pass bytes they already have."""
-    from .packed import pack_model
-
     rows = layer_table(model)
     params, nonzero = count_params(model)
     weights = sum(r.params for r in rows)
@@ -230,3 +155,18 @@ def compare_latency(models: dict[str, nn.Module], batch_size: int = 256, repeats
             if i >= warmup:
                 times[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def int8_speedup(fp32_model: nn.Module, int8_model, batch_size: int = 256, repeats: int = 7,
+                 warmup: int = 2) -> dict:
+    """Median CPU time of one forward pass of the float model (eager) and of its int8.Int8Model, timed
+    alternately in the same run by compare_latency (so both see the same machine load):
+    {"fp32_ms", "int8_ms", "speedup" = fp32_ms / int8_ms, …}. The first int8 call at this batch size
+    compiles; it is timed on its own as first_int8_call_s."""
+    fp32 = plain_model(fp32_model).eval()
+    start = time.perf_counter()
+    int8_model(torch.rand(batch_size, 3, 32, 32))     # compiles, the first time at this batch size
+    first_call_s = time.perf_counter() - start
+    times = compare_latency({"fp32": fp32, "int8": int8_model}, batch_size, repeats, warmup)
+    return {"batch_size": batch_size, "threads": torch.get_num_threads(), "fp32_ms": times["fp32"],
+            "int8_ms": times["int8"], "speedup": times["fp32"] / times["int8"], "first_int8_call_s": first_call_s}

@@ -11,7 +11,8 @@ downloaded model needs nothing but the pixels.
 """
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -104,14 +105,13 @@ def feature_map_side(layer: str) -> int:
     return 32 if layer.startswith("conv1") else 1
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy that also works on models carrying torch.nn.utils.prune masks.
-
-    A pruned layer keeps `weight` as a computed (non-leaf) tensor, which deepcopy refuses; we refresh
-    it as a detached tensor first (the pruning hook recomputes it on the next forward anyway).
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
-                module.weight = module.weight_orig * module.weight_mask
-    return copy.deepcopy(model)
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with the model in eval mode (BN uses its running statistics and leaves them as
+    they are), then put back the mode it had, even if the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .files import ModelFileError
+from .weights import ModelFileError
 from .metrics import Metrics
 from .packed import pack_model, unpack_model
 from .prune import prunable_layers
-from .quantize import activation_settings, set_activation_settings
+from .activations import activation_settings, set_activation_settings
 from .variant import Variant
 
 RECORD = ("id", "name", "technique", "settings", "parent", "created", "artifacts", "history")

@@ -16,15 +16,15 @@ Scores:
 """
 from __future__ import annotations
 
-
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .data import ImageSet, to_float
-from .models import copy_model
+from .data import ImageSet, calibration_batches, to_float
+from .models import eval_mode
+from .weights import copy_model, effective_weight, masked_tensors, trainable_weight
 
 METHODS = ("magnitude", "random", "gradient")
 SCOPES = ("global", "layer")
@@ -42,8 +42,8 @@ FIRST_AND_LAST = ("conv1", "fc")   # the usual exemption: the stem conv and the 
 
 def current_mask(module: nn.Module) -> torch.Tensor:
     """The layer's 0/1 mask so far (all ones when it was never pruned)."""
-    mask = getattr(module, "weight_mask", None)
-    return mask if mask is not None else torch.ones_like(module.weight)
+    masked = masked_tensors(module).get("weight")
+    return masked[1] if masked else torch.ones_like(module.weight)
 
 
 # --- step 1: scores ------------------------------------------------------------------------------------
@@ -63,28 +63,18 @@ def gradient_scores(model: nn.Module, layers: dict[str, nn.Module], data: ImageS
                     batches: int = 4, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """s = |w · ∂L/∂w| with the gradient summed over `batches` batches of `data` (cross-entropy loss)."""
     model.zero_grad(set_to_none=True)
-    was_training = model.training
-    model.eval()  # BN statistics stay as they are; we want the gradient of the trained model
     device = next(model.parameters()).device
-    for i in range(batches):
-        start = i * batch_size % max(1, len(data))
-        x = to_float(data.images[start:start + batch_size].to(device))
-        y = data.labels[start:start + batch_size].to(device)
-        nn.functional.cross_entropy(model(x), y).backward()
+    with eval_mode(model):   # BN statistics stay as they are; we want the gradient of the trained model
+        for batch in calibration_batches(data, batches, batch_size):
+            x, y = to_float(batch.images.to(device)), batch.labels.to(device)
+            nn.functional.cross_entropy(model(x), y).backward()
     scores = {}
     for name, m in layers.items():
-        weight, grad = _effective_weight_and_grad(m)
-        scores[name] = (weight * grad).abs()
+        grad = trainable_weight(m).grad   # once pruned, the trainable tensor is weight_orig
+        grad = grad if grad is not None else torch.zeros_like(m.weight)
+        scores[name] = (effective_weight(m) * grad.detach()).abs()
     model.zero_grad(set_to_none=True)
-    model.train(was_training)
     return scores
-
-
-def _effective_weight_and_grad(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    # Once pruned, a layer's trainable tensor is weight_orig and `weight` is weight_orig * mask.
-    param = getattr(module, "weight_orig", module.weight)
-    grad = param.grad if param.grad is not None else torch.zeros_like(param)
-    return module.weight.detach(), grad.detach()
 
 
 # --- step 2: masks ------------------------------------------------------------------------------------
@@ -180,18 +170,6 @@ def prune(model: nn.Module, amount: float, method: str = "magnitude", scope: str
     return model
 
 
-def prune_magnitude(model: nn.Module, amount: float, scope: str = "global", **kw) -> nn.Module:
-    return prune(model, amount, "magnitude", scope, **kw)
-
-
-def prune_random(model: nn.Module, amount: float, scope: str = "global", **kw) -> nn.Module:
-    return prune(model, amount, "random", scope, **kw)
-
-
-def prune_gradient(model: nn.Module, amount: float, data: ImageSet, scope: str = "global", **kw) -> nn.Module:
-    return prune(model, amount, "gradient", scope, data=data, **kw)
-
-
 def is_pruned(model: nn.Module) -> bool:
     """Does the model still carry pruning masks (i.e. has not been stripped)?"""
     return torch_prune.is_pruned(model)
@@ -202,8 +180,8 @@ def strip(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy_model(model)
     for module in model.modules():
-        if hasattr(module, "weight_mask"):
-            torch_prune.remove(module, "weight")
+        for name in masked_tensors(module):
+            torch_prune.remove(module, name)
     return model
 
 

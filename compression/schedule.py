@@ -1,14 +1,17 @@
 """*When* to prune, kept apart from *what* pruning is (prune.py, structured.py).
 
+Every schedule aims at an `amount`: the fraction of the prunable weights set to zero, as prune.prune
+takes it; its steps are amounts too. (`sparsity` is what prune.sparsity measures in a model.)
+
 - one-shot: prune once to the target (prune.prune), optionally fine-tune after;
 - iterative: prune a little, fine-tune, repeat (Han et al. 2015): after round r of R the sparsity is
   s_r = 1 − (1 − s)^(r/R), i.e. the same fraction of the surviving weights goes each round;
 - gradual, AGP (Zhu & Gupta 2017): during training, at step t of n the sparsity is
   s_t = s_f + (s_i − s_f)(1 − t/n)³  — fast at first, gently at the end;
 - sparse training: add an L1 penalty λ·Σ|w| (or λ·Σ|γ| over BN scales, network slimming) to the loss,
-  so that the weights the network can do without drift to zero before they are pruned;
-- sensitivity analysis (as Distiller draws it): prune one layer alone at several sparsities and measure
-  the accuracy, to see which layers tolerate pruning.
+  so that the weights the network can do without drift to zero before they are pruned.
+
+How much each layer tolerates is measured in analysis.py.
 """
 from __future__ import annotations
 
@@ -23,34 +26,34 @@ from .prune import prunable_layers, prune, sparsity
 from .train import LossFn, TrainConfig, TrainEvent, cross_entropy_loss, evaluate, train
 
 
-def agp_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0) -> float:
-    """s_t = s_f + (s_i − s_f)(1 − t/n)³, clamped to the schedule's end."""
+def agp_amount(step: int, total_steps: int, amount: float, initial: float = 0.0) -> float:
+    """s_t = s_f + (s_i − s_f)(1 − t/n)³ (s_f = `amount`, s_i = `initial`), clamped to the schedule's end."""
     t = min(max(step, 0), total_steps) / max(1, total_steps)
-    return final + (initial - final) * (1 - t) ** 3
+    return amount + (initial - amount) * (1 - t) ** 3
 
 
-def agp_curve(final: float, steps: int = 100, initial: float = 0.0) -> list[tuple[int, float]]:
-    """(step, sparsity) points of the AGP schedule, for plotting."""
-    return [(t, agp_sparsity(t, steps, final, initial)) for t in range(steps + 1)]
+def agp_curve(amount: float, steps: int = 100, initial: float = 0.0) -> list[tuple[int, float]]:
+    """(step, amount) points of the AGP schedule, for plotting."""
+    return [(t, agp_amount(t, steps, amount, initial)) for t in range(steps + 1)]
 
 
-def iterative_sparsities(final: float, rounds: int) -> list[float]:
+def iterative_amounts(amount: float, rounds: int) -> list[float]:
     """s_r = 1 − (1 − s)^(r/R) for r = 1..R: each round removes the same share of what survives."""
-    return [1 - (1 - final) ** (r / rounds) for r in range(1, rounds + 1)]
+    return [1 - (1 - amount) ** (r / rounds) for r in range(1, rounds + 1)]
 
 
-def agp_step_hook(final: float, method: str = "magnitude", scope: str = "global", exempt: Iterable[str] = (),
+def agp_step_hook(amount: float, method: str = "magnitude", scope: str = "global", exempt: Iterable[str] = (),
                   initial: float = 0.0, prune_every: int = 50, end_fraction: float = 0.75,
                   data: ImageSet | None = None) -> Callable[[int, int, nn.Module], None]:
-    """A train() step_hook that re-prunes the model in place to the AGP sparsity every `prune_every`
-    steps, reaching `final` after `end_fraction` of training (the rest fine-tunes at full sparsity)."""
+    """A train() step_hook that re-prunes the model in place to the AGP amount every `prune_every`
+    steps, reaching `amount` after `end_fraction` of training (the rest fine-tunes at full sparsity)."""
     exempt = tuple(exempt)
 
     def hook(step: int, total: int, model: nn.Module) -> None:
         end = max(1, int(end_fraction * total))
         if step % prune_every and step != end:
             return
-        target = agp_sparsity(step, end, final, initial)
+        target = agp_amount(step, end, amount, initial)
         if target > sparsity(model, exempt) + 1e-6:
             prune(model, target, method, scope, exempt=exempt, data=data, inplace=True)
 
@@ -67,16 +70,16 @@ def finetune(model: nn.Module, train_set: ImageSet, epochs: float, test_set: Ima
                      events_every=events_every)
 
 
-def gradual_prune(model: nn.Module, final: float, train_set: ImageSet, epochs: float,
+def gradual_prune(model: nn.Module, amount: float, train_set: ImageSet, epochs: float,
                   test_set: ImageSet | None = None, method: str = "magnitude", scope: str = "global",
                   exempt: Iterable[str] = (), lr: float = 0.02, prune_every: int = 50,
                   end_fraction: float = 0.75, **kw) -> Iterator[TrainEvent]:
-    """AGP: prune gradually while fine-tuning, in place, reaching `final` after `end_fraction` of the
+    """AGP: prune gradually while fine-tuning, in place, reaching `amount` after `end_fraction` of the
     steps (the rest fine-tunes at full sparsity). Yields training events."""
-    hook = agp_step_hook(final, method, scope, exempt, prune_every=prune_every, end_fraction=end_fraction,
+    hook = agp_step_hook(amount, method, scope, exempt, prune_every=prune_every, end_fraction=end_fraction,
                          data=train_set if method == "gradient" else None)
     yield from finetune(model, train_set, epochs, test_set, lr=lr, step_hook=hook, **kw)
-    prune(model, final, method, scope, exempt=exempt, data=train_set, inplace=True)  # land exactly on target
+    prune(model, amount, method, scope, exempt=exempt, data=train_set, inplace=True)  # land exactly on target
 
 
 @dataclass
@@ -88,11 +91,11 @@ class RoundResult:
     events: list[TrainEvent] = field(default_factory=list)
 
 
-def iterative_prune(model: nn.Module, final: float, rounds: int, train_set: ImageSet, epochs_per_round: float,
+def iterative_prune(model: nn.Module, amount: float, rounds: int, train_set: ImageSet, epochs_per_round: float,
                     eval_set: ImageSet | None = None, method: str = "magnitude", scope: str = "global",
                     exempt: Iterable[str] = (), lr: float = 0.02, stop=None) -> Iterator[TrainEvent | RoundResult]:
     """Prune → fine-tune, `rounds` times, in place. Yields training events and a RoundResult per round."""
-    for r, target in enumerate(iterative_sparsities(final, rounds), start=1):
+    for r, target in enumerate(iterative_amounts(amount, rounds), start=1):
         prune(model, target, method, scope, exempt=exempt, data=train_set, inplace=True)
         before = evaluate(model, eval_set).accuracy if eval_set is not None else None
         events = []
@@ -125,30 +128,3 @@ def sparse_training_loss_fn(strength: float, on: str = "weights", base: LossFn |
         return loss + strength * l1_penalty(model, on), logits
 
     return loss_fn
-
-
-def accuracy_vs_sparsity(model: nn.Module, eval_set: ImageSet, amounts: Iterable[float],
-                         method: str = "magnitude", scope: str = "global", exempt: Iterable[str] = (),
-                         data: ImageSet | None = None) -> list[tuple[float, float]]:
-    """(amount, accuracy) for one-shot pruning of copies of `model` at each amount (no fine-tuning)."""
-    return [(a, evaluate(prune(model, a, method, scope, exempt=exempt, data=data), eval_set).accuracy)
-            for a in amounts]
-
-
-def sensitivity(model: nn.Module, eval_set: ImageSet, amounts: Iterable[float] = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95),
-                method: str = "magnitude", layers: Iterable[str] | None = None,
-                progress: Callable[[int, int], None] | None = None,
-                stop: Callable[[], bool] | None = None) -> dict[str, list[tuple[float, float]]]:
-    """For each layer alone: (sparsity, accuracy) after pruning only that layer, everything else dense."""
-    names = list(layers) if layers is not None else list(prunable_layers(model))
-    amounts = list(amounts)
-    curves = {}
-    for i, name in enumerate(names):
-        if stop is not None and stop():
-            break
-        others = [n for n in prunable_layers(model) if n != name]
-        curves[name] = [(a, evaluate(prune(model, a, method, "layer", exempt=others), eval_set).accuracy)
-                        for a in amounts]
-        if progress:
-            progress(i + 1, len(names))
-    return curves

@@ -38,12 +38,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .files import model_from_state_dict
-from .models import copy_model
-from .packed import computed_state_dict
 from .prune import prunable_layers, strip
+from .weights import copy_model, effective_weight, plain_model, refresh_masked, trainable_weight
 
 MIN_K, MAX_K = 2, 256
+K_CHOICES = tuple(2 ** i for i in range(1, 9))   # MIN_K … MAX_K in powers of two: k values take log2 k bits
 
 
 # --- 1-D k-means -------------------------------------------------------------------------------------
@@ -110,13 +109,6 @@ def _check_k(k: int) -> None:
                          f"{MIN_K} … {MAX_K}, got {k!r}")
 
 
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the layer computes with: weight_orig · mask for a pruned layer."""
-    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
-        return (module.weight_orig * module.weight_mask).detach()
-    return module.weight.detach()
-
-
 def shared_weight(weight: torch.Tensor, k: int, iterations: int = 20) -> torch.Tensor:
     """`weight` with each nonzero replaced by its k-means centroid; zeros stay zero."""
     w = weight.detach().cpu().float().numpy()
@@ -142,12 +134,8 @@ def cluster_weights(model: nn.Module, k: int, exempt: Iterable[str] = (), iterat
     if not inplace:
         model = copy_model(model)
     for module in prunable_layers(model, exempt).values():
-        shared = shared_weight(effective_weight(module), k, iterations)
-        if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
-            module.weight_orig.copy_(shared)
-            module.weight = module.weight_orig * module.weight_mask
-        else:
-            module.weight.copy_(shared)
+        trainable_weight(module).copy_(shared_weight(effective_weight(module), k, iterations))
+        refresh_masked(module)
     return model
 
 
@@ -234,11 +222,6 @@ def is_shared(model: nn.Module) -> bool:
 
 
 def bake_shared(model: nn.Module) -> nn.Module:
-    """A plain model (no parametrizations) whose weights are the current c[index].
-
-    Built afresh from the computed weights rather than by torch's remove_parametrizations, which
-    edits the module's class, a class that deep copies of the model share.
-    """
-    tensors = computed_state_dict(model)
-    plain = model_from_state_dict(tensors, model.arch, model.width, "shared model")
-    return plain.train(model.training)
+    """The inverse of prepare_shared: a plain model (no parametrizations) whose weights are the
+    current c[index] (weights.plain_model, which builds it afresh)."""
+    return plain_model(model, "shared model")

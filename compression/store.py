@@ -38,10 +38,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from torch import nn
 
 # The library's public names the store relies on (repoint here if the package's API moves).
-from .files import ModelFileError
+from .weights import ModelFileError
 from .metrics import Metrics
 from .packed import pack_model, unpack_model
-from .quantize import activation_settings, set_activation_settings
+from .activations import activation_settings, set_activation_settings
 from .variant import Variant
 
 from .blobs import BlobStore

@@ -30,17 +30,15 @@ groups together (each group's scores divided by their mean first). `filter_score
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 from torch import nn
 import torch_pruning as tp
 
+from .counts import count_macs
 from .data import ImageSet, to_float
-from .metrics import count_macs
-from .models import copy_model
-from .prune import is_pruned, strip
+from .models import eval_mode
+from .prune import strip
+from .weights import copy_model
 
 CRITERIA = ("l1", "bn_scale", "activation", "random")
 
@@ -62,17 +60,6 @@ def classifier(model: nn.Module) -> nn.Module:
 
 def example_input(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run tracing and calibration in eval mode, so BN running statistics stay as they are."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
@@ -227,7 +214,7 @@ def filter_scores(model: nn.Module, criterion: str = "l1", calib: ImageSet | Non
     numbers global pruning compares across layers. The lowest `ratio` of each layer's filters are the
     ones `prune_filters` removes (see also `filters_to_remove`).
     """
-    model = plain_copy(model)   # scoring and tracing hook the model: work on a private copy
+    model = strip(model)   # scoring and tracing hook the model: work on a private copy
     scorer = importance(model, criterion, calib, seed, normalize)
     names = {module: name for name, module in model.named_modules()}
     result = {}
@@ -273,14 +260,6 @@ def make_pruner(model: nn.Module, ratio: float, scorer: tp.importance.Importance
         ignored_layers=[classifier(model)], round_to=round_to)
 
 
-def plain_copy(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The model (copied unless `inplace`) with any unstructured pruning masks baked in, so the
-    pruner sees plain weights."""
-    if is_pruned(model):
-        return strip(model, inplace=inplace)
-    return model if inplace else copy_model(model)
-
-
 def prune_by_scores(model: nn.Module, ratio: float, scores: dict[str, torch.Tensor], slices: tuple,
                     global_pruning: bool = False, round_to: int | None = None) -> nn.Module:
     """Prune `model` in place, ranking channels by precomputed per-layer `scores` (see layer_scores)."""
@@ -304,7 +283,7 @@ def prune_filters(model: nn.Module, ratio: float, criterion: str = "l1", calib: 
     ranking would empty completely; it keeps all its channels.)
     """
     check_ratio(model, ratio, round_to)
-    model = plain_copy(model, inplace)
+    model = strip(model, inplace)   # masks of unstructured pruning baked in: the pruner sees plain weights
     scores = layer_scores(model, criterion, calib, seed)
     return prune_by_scores(model, ratio, scores, scored_slices(criterion), global_pruning, round_to)
 
@@ -314,7 +293,7 @@ def filters_to_remove(model: nn.Module, ratio: float, criterion: str = "l1", cal
                       round_to: int | None = None) -> dict[str, list[int]]:
     """{conv layer name: indices of the output filters prune_filters would remove}, without pruning."""
     check_ratio(model, ratio, round_to)
-    model = plain_copy(model)   # scoring and tracing hook the model: work on a private copy
+    model = strip(model)   # scoring and tracing hook the model: work on a private copy
     names = {module: name for name, module in model.named_modules()}
     plan = {name: [] for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     with eval_mode(model):
@@ -343,7 +322,7 @@ def prune_to_macs(model: nn.Module, target_fraction: float, criterion: str = "l1
     """
     if not 0.0 < target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
-    model = plain_copy(model)
+    model = strip(model)
     full_macs = count_macs(model)[0]
     if target_fraction == 1.0:
         return model

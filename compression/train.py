@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from .data import ImageSet, augment, cutout, to_float
+from .models import eval_mode
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -104,6 +105,15 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
         logits = model(x)
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
     return loss_fn
+
+
+def channels_last_trains_safely(model: nn.Module) -> bool:
+    """Whether the model may train channels-last on the CPU (about a third faster). Not when a 1x1,
+    stride-2 convolution reads fewer than 8 channels (resnet8 at width 0.25: its first shortcut reads 4):
+    with channels-last inputs, oneDNN's backward pass of such a convolution corrupts the heap (torch 2.13
+    on an AVX2 CPU: a segfault with one OpenMP thread, a hang with two; tests/test_train.py)."""
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels < 8 for m in model.modules())
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -242,22 +252,11 @@ def train(model: nn.Module, train_set: ImageSet, config: TrainConfig, test_set: 
         update_bn(batches, averaged.module)   # the mean's own batch-norm statistics, one pass over the data
         model.load_state_dict(averaged.module.state_dict())
     model.eval()
-    if device.type == "cpu":
+    if channels_last:
         model.to(memory_format=torch.contiguous_format)   # stored models are always plain contiguous
     elapsed = time.perf_counter() - start
     final_acc = evaluate(model, test_set, device=device).accuracy if test_set is not None else None
     yield TrainEvent("done", step, total, step / steps_per_epoch, last_loss, last_acc, 0.0, seen / max(elapsed, 1e-9), 0.0, final_acc, elapsed)
-
-
-def channels_last_trains_safely(model: nn.Module) -> bool:
-    """May `model` train in channels-last (NHWC) memory on the CPU, oneDNN's fast layout?
-
-    Not when it has a 1×1 convolution of stride 2 reading fewer than 8 channels (a shortcut of a narrow
-    model, e.g. width 0.25): with torch 2.13's oneDNN, the backward pass of such a layer in channels-last
-    corrupts memory on some x86 CPUs (seen here: segfaults with one thread, hangs or segfaults with two;
-    oneDNN issue #6035). Such models train in the plain layout, a little slower and correct."""
-    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
-                   and m.in_channels < 8 for m in model.modules())
 
 
 class CheckpointError(ValueError):
@@ -323,21 +322,15 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250
     that way. Every accuracy in the project is computed through here, so all see the same numbers.
     `progress(images done, images in all)` is called after each batch; it may raise to stop early."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size].to(device))
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-        if progress is not None:
-            try:
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            x = to_float(images[i:i + batch_size].to(device))
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float().cpu())
+            if progress is not None:
                 progress(min(i + batch_size, len(images)), len(images))
-            except BaseException:
-                model.train(was_training)
-                raise
-    model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10)
 
 

@@ -1,16 +1,21 @@
 """The numbers the app draws, computed here so that pages only lay out charts.
 
-Histograms of a layer's weights, a conv layer's pruning mask as a 2-D picture, per-layer tables.
+Histograms of a layer's weights, a conv layer's pruning mask as a 2-D picture, distinct values,
+per-layer quantization errors.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
 from .prune import prunable_layers
+from .quantize import quantizable_layers
+from .weights import effective_weight
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -73,3 +78,23 @@ def distinct_per_channel(model: nn.Module, name: str) -> int:
     """The largest number of distinct values in any one output channel (filter) of the layer."""
     w = layer_weight(model, name)
     return max(int(torch.unique(row).numel()) for row in w.reshape(w.shape[0], -1))
+
+
+def layer_quant_error(original: nn.Module, quantized: nn.Module) -> dict[str, dict[str, float]]:
+    """Per Conv2d / Linear layer: mse = mean (w − ŵ)², sqnr_db = 10·log10(Σw² / Σ(w − ŵ)²).
+
+    SQNR (signal-to-quantization-noise ratio) grows by about 6 dB per extra bit; it is inf when ŵ = w.
+    """
+    before = {name: effective_weight(layer) for name, layer in quantizable_layers(original).items()}
+    errors = {}
+    for name, layer in quantizable_layers(quantized).items():
+        if name not in before:
+            continue
+        w, w_hat = before[name].float(), effective_weight(layer).float()
+        if w.shape != w_hat.shape:
+            raise ValueError(f"layer {name}: shapes differ ({tuple(w.shape)} vs {tuple(w_hat.shape)}); "
+                             f"compare a model with its own quantized copy")
+        noise, signal = (w - w_hat).pow(2).sum().item(), w.pow(2).sum().item()
+        sqnr = math.inf if noise == 0 else (-math.inf if signal == 0 else 10 * math.log10(signal / noise))
+        errors[name] = {"mse": noise / w.numel(), "sqnr_db": sqnr}
+    return errors

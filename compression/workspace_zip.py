@@ -33,7 +33,7 @@ import zipfile
 import jsonschema
 
 from .blobs import sha256_hex
-from .files import ModelFileError
+from .weights import ModelFileError
 from .store import PackedVariant, Store, unpack_weights, variant_id
 from .store_errors import WorkspaceZipError
 from .store_schema import Workspace

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compression.data import SAMPLE_PATH, stratified_indices
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from compression.data import SAMPLE_PATH, stratified_indices  # noqa: E402
 
 PER_CLASS = {"train": 500, "test": 200}
 

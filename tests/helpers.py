@@ -49,7 +49,7 @@ def zero_packed(arch: str, width: float) -> bytes:
     """A packed file of `arch` at `width` whose weights are all zero, written by hand: a few hundred KB
     however large the model it describes (each weight tensor is 'sparse' with nothing stored)."""
     with torch.device("meta"):
-        state = create_model(arch, width).state_dict()
+        state = create_model(arch, width, init=False).state_dict()
     empty_table = huffman.table_to_bytes({})
     tensors, payload = [], b""
     for name, t in state.items():
@@ -65,3 +65,22 @@ def zero_packed(arch: str, width: float) -> bytes:
     header = {"format": "compression-playground-packed", "arch": arch, "width": width, "metadata": {},
               "tensors": tensors}
     return with_checksum(zlib.compress(json.dumps(header).encode()), payload)
+def confident_model(arch="resnet8", width=0.25, seed=0):
+    """An untrained model with confident, varied answers, as a trained one gives: every residual branch
+    switched on (its last BN scale 1 instead of 0) and the classifier's weights scaled up."""
+    torch.manual_seed(seed)
+    model = create_model(arch, width=width)
+    with torch.no_grad():
+        for block in (m for m in model.modules() if hasattr(m, "bn2")):
+            block.bn2.weight.fill_(1.0)
+        model.fc.weight.mul_(40)
+    return model.eval()
+
+
+def on_grid(w, bits, per_channel):
+    """Every value is an integer multiple of the symmetric step s = max|w| / (2^(b−1) − 1), per output
+    channel or per tensor, within the grid's range."""
+    qmax = 2 ** (bits - 1) - 1
+    rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+    q = rows / (rows.abs().amax(dim=1, keepdim=True) / qmax)
+    return bool(torch.allclose(q, q.round(), atol=1e-3) and q.abs().max() <= qmax + 1e-3)

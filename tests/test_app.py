@@ -66,6 +66,15 @@ def metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
+def chart_titles(at) -> list[str]:
+    """The titles of the plotly charts on the page, as drawn."""
+    return [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+
+
+def model_in_hand(at):
+    return at.session_state["book"].get(at.session_state["current"]).model
+
+
 def test_overview_shows_the_model_in_hand(app):
     assert app.title[0].value == "Model Compression Playground"
     assert metric(app, "Parameters") == "272,474"
@@ -203,28 +212,51 @@ def test_bits_slider_bounds_the_distinct_weight_values(app):
     assert int(metric(app, "Distinct values in the layer").replace(",", "")) <= 2 ** 5
 
 
-def test_activation_quantization_and_reduced_floats_render(app):
+def test_activation_quantization_and_reduced_floats_show_their_accuracy(app):
+    from compression.activations import quantize_model, to_reduced_float
+    from compression.data import eval_subset, load_sample
+    from compression.train import evaluate
+    from ui.format import accuracy
+
     goto(app, "quantize")
     app.radio(key="quantize_what").set_value("weights + activations").run()
     app.slider(key="quantize_abits").set_value(4).run()
     assert not app.exception
+    model, ev = model_in_hand(app), eval_subset(load_sample(splits=("test",)))
+    calib = load_sample(splits=("train",)).subset(slice(0, 256))
+    expected = evaluate(quantize_model(model, 8, 4, calib, symmetric=True, per_channel=True, batches=2), ev).accuracy
+    assert metric(app, "Eval accuracy") == accuracy(expected)
+    assert "Weights of layer1.1.conv2 (grid of filter 0)" in chart_titles(app)
     app.select_slider(key="quantize_bits").set_value("bf16").run()
-    assert not app.exception and metric(app, "Eval accuracy") != "—"
+    assert not app.exception
+    assert metric(app, "Eval accuracy") == accuracy(evaluate(to_reduced_float(model, "bf16"), ev).accuracy)
+    assert any(c.value == "Activations rounded through bf16 too." for c in app.caption)
+    assert "Weights of layer1.1.conv2" in chart_titles(app), "a float format has no grid to draw"
 
 
 def test_temperature_raises_the_entropy_of_the_teachers_answer(app):
+    from compression.distill import entropy, softened_probabilities
+    from ui.state import gallery
+
     goto(app, "distill")
+    teacher = app.session_state["book"].get("pretrained-resnet20").model
     entropies = []
     for t in (1.0, 4.0, 10.0):
         app.slider(key="distill_T").set_value(t).run()
         assert not app.exception
         entropies.append(float(metric(app, "Entropy of the teacher's answer").split()[0]))
+        expected = float(entropy(softened_probabilities(teacher, gallery().images[0], t)))
+        assert metric(app, "Entropy of the teacher's answer") == f"{expected:.2f} nats"
+        assert f"Teacher's probabilities at T = {t:g}" in chart_titles(app)
     assert entropies == sorted(entropies) and entropies[0] < entropies[-1]
 
 
 def test_clusters_slider_bounds_the_distinct_values(app):
     from compression.views import distinct_values, layer_names
     from ui import cached
+
+    from compression.packed import pack_model
+    from ui.format import kib
 
     goto(app, "share")
     for k in (4, 16):
@@ -234,6 +266,9 @@ def test_clusters_slider_bounds_the_distinct_values(app):
         shared, _ = cached.shared(variant.id, k, variant.model, None)
         for name in layer_names(shared):
             assert distinct_values(shared, name) <= k + 1     # k centroids, and zero if pruned
+        assert metric(app, "Packed size") == kib(len(pack_model(shared)))
+        assert f"Weights of layer1.1.conv2: {k} shared values" in chart_titles(app)
+        assert "Bits per nonzero weight, per layer" in chart_titles(app)
 
 
 def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
@@ -244,6 +279,12 @@ def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
     job = app.session_state["jobs"]["pipeline"]
     wait_until_finished(job)
     assert job.status == "done", job.error
+    app.run()
+    assert any(s.value == "Deep Compression finished: 2 variants joined the table." for s in app.success)
+    assert "Size against accuracy, stage by stage" in chart_titles(app)
+    stages = app.dataframe[0].value
+    assert list(stages["stage"]) == ["1 pruned", "3 weight sharing", "4 Huffman coding"]
+    assert list(stages["sparsity (%)"]) == [80.0, 80.0, 80.0]
     goto(app, "compare")
     names = list(app.dataframe[0].value["name"])
     assert any("DC pruned 80%" in n for n in names) and any("shared k=16" in n for n in names)

@@ -155,7 +155,6 @@ def test_training_starts_and_stops(browser, server, shots):
 
 
 def test_download_reloads_to_the_same_accuracy(browser, server, tmp_path):
-    sys.path.insert(0, str(ROOT))
     from compression.data import eval_subset, load_sample
     from compression.files import load_model
     from compression.train import evaluate

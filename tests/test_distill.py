@@ -6,11 +6,12 @@ import torch.nn.functional as F
 
 from compression.distill import (MAX_ENTROPY, distill, distillation_loss_fn, entropy, kd_loss, soften,
                                  soft_target_loss, softened_probabilities)
-from compression.models import copy_model, create_model
+from compression.models import create_model
 from compression.prune import prune, sparsity
 from compression.structured import channel_counts, prune_filters
 from helpers import toy_set
 from compression.train import TrainConfig, run_to_end, train
+from compression.weights import copy_model
 
 
 # --- fixtures ---------------------------------------------------------------------------------------

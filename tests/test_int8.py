@@ -11,6 +11,7 @@ pytest.importorskip("torchao")
 from compression import int8                                   # noqa: E402
 from compression.data import ImageSet                           # noqa: E402
 from compression.files import state_dict_bytes                  # noqa: E402
+from compression.metrics import int8_speedup                    # noqa: E402
 from compression.models import create_model                     # noqa: E402
 from compression.prune import prune, strip                      # noqa: E402
 from compression.train import evaluate                          # noqa: E402
@@ -101,7 +102,7 @@ def test_compiled_int8_model_matches_the_program_and_works_with_evaluate():
         expected = (q.program(data.images.float() / 255).argmax(1) == data.labels).float().mean().item()
     assert result.accuracy == pytest.approx(expected)
     assert set(q.compile_seconds) == {16, 24}
-    timing = int8.compare_latency(model, q, batch_size=16, repeats=2, warmup=1)
+    timing = int8_speedup(model, q, batch_size=16, repeats=2, warmup=1)
     assert timing["fp32_ms"] > 0 and timing["int8_ms"] > 0
     assert timing["speedup"] == pytest.approx(timing["fp32_ms"] / timing["int8_ms"])
 

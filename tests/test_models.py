@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from compression.metrics import count_macs, count_params
-from compression.models import ARCHS, copy_model, create_model
+from compression.counts import count_macs, count_params
+from compression.models import ARCHS, create_model
+from compression.weights import copy_model
 
 
 @pytest.mark.parametrize("arch,params", [("resnet8", 78_042), ("resnet20", 272_474), ("resnet56", 855_770)])

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from compression import huffman
-from compression.files import ModelFileError, model_from_state_dict, state_dict_bytes
-from compression.models import copy_model, create_model
-from compression.prune import prunable_layers
-from compression.packed import (PREAMBLE, gap_symbols, pack_model, packed_breakdown,
-                                positions_from_gaps, unpack_model)
-from compression.prune import is_pruned, prune, strip
+from compression.files import ModelFileError, state_dict_bytes
+from compression.layouts import gap_symbols, positions_from_gaps
+from compression.models import create_model
+from compression.packed import PREAMBLE, pack_model, unpack_model
+from compression.packed_sizes import packed_breakdown
+from compression.prune import is_pruned, prunable_layers, prune, strip
 from compression.share import cluster_weights
 from helpers import read_parts, rebuild, with_checksum
+from compression.weights import copy_model, model_from_state_dict
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def base():
 
 
 def test_deep_compression_stages_shrink_and_keep_their_promises(base):
-    stages = [s for s in deep_compression(base, toy_set(128), toy_set(64, seed=5), sparsity=0.8, clusters=4,
+    stages = [s for s in deep_compression(base, toy_set(128), toy_set(64, seed=5), amount=0.8, clusters=4,
                                           finetune_epochs=0.5, centroid_epochs=0.5)
               if isinstance(s, Stage)]
     assert [s.name for s in stages] == ["1 pruned", "2 fine-tuned", "3 weight sharing", "4 Huffman coding"]
@@ -30,7 +30,7 @@ def test_deep_compression_stages_shrink_and_keep_their_promises(base):
 
 
 def test_spiral_prunes_further_each_round_and_distils_from_the_last(base):
-    stages = [s for s in spiral(base, toy_set(128), toy_set(64, seed=5), rounds=2, final_sparsity=0.75,
+    stages = [s for s in spiral(base, toy_set(128), toy_set(64, seed=5), rounds=2, amount=0.75,
                                 epochs_per_round=0.5) if isinstance(s, Stage)]
     assert [s.name for s in stages] == ["pruned", "distilled"] * 2
     sp = [s.variant.metrics.sparsity for s in stages]

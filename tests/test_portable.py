@@ -7,7 +7,7 @@ from compression.models import create_model
 from compression.portable import (model_from_payload, model_payload, variant_from_payload, variant_payload,
                                   variants_from_result)
 from compression.prune import prune, sparsity
-from compression.quantize import activation_settings, quantize_model
+from compression.activations import activation_settings, quantize_model
 from compression.schedule import finetune
 from compression.train import run_to_end
 from compression.variant import measure_variant

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from compression.data import ImageSet
-from compression.models import copy_model, create_model
+from compression.models import create_model
 from compression.prune import (FIRST_AND_LAST, is_pruned, layer_sparsity, lowest_k_mask, masks_from_scores,
                                prunable_layers, prune, sparsity, strip)
+from compression.weights import copy_model
 
 
 @pytest.fixture

@@ -5,11 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from compression import quantize as Q
+from compression import activations as A, qat as QAT, quantize as Q
 from compression.data import ImageSet
-from compression.models import copy_model, create_model
+from compression.models import create_model
 from compression.prune import is_pruned, prune
 from compression.train import TrainConfig, evaluate, run_to_end, train
+from compression.views import layer_quant_error
+from compression.weights import copy_model, plain_model
 
 MODES = [(s, c) for s in (True, False) for c in (True, False)]   # (symmetric, per_channel)
 
@@ -137,31 +139,31 @@ def test_quantize_weights_of_a_pruned_model_keeps_its_zeros():
 
 def test_layer_quant_error_sqnr_gains_about_6_db_per_bit():
     model = tiny_model()
-    e4 = Q.layer_quant_error(model, Q.quantize_weights(model, 4))
-    e8 = Q.layer_quant_error(model, Q.quantize_weights(model, 8))
+    e4 = layer_quant_error(model, Q.quantize_weights(model, 4))
+    e8 = layer_quant_error(model, Q.quantize_weights(model, 8))
     assert set(e4) == set(Q.quantizable_layers(model))
     gains = [e8[n]["sqnr_db"] - e4[n]["sqnr_db"] for n in e4]
     assert 18 < sum(gains) / len(gains) < 30          # 4 more bits ≈ 24 dB
     w, w_hat = model.fc.weight, Q.quantize_weights(model, 4).fc.weight
     assert e4["fc"]["mse"] == pytest.approx((w - w_hat).pow(2).mean().item(), rel=1e-5)
-    assert Q.layer_quant_error(model, copy_model(model))["fc"]["sqnr_db"] == math.inf
+    assert layer_quant_error(model, copy_model(model))["fc"]["sqnr_db"] == math.inf
 
 
 # --- activations -------------------------------------------------------------------------------------
 
-def stats_with_outliers() -> Q.InputStats:
+def stats_with_outliers() -> A.InputStats:
     x = torch.randn(50_000).relu()
     x[:5] = 40.0                                  # a few huge activations
-    return Q.InputStats(x.min().item(), x.max().item(), x)
+    return A.InputStats(x.min().item(), x.max().item(), x)
 
 
 @pytest.mark.parametrize("bits", (4, 8))
 @pytest.mark.parametrize("symmetric", (True, False))
 def test_calibration_ranges_are_sensible(bits, symmetric):
     stats = stats_with_outliers()
-    lo_mm, hi_mm = Q.choose_range(stats, bits, symmetric, "minmax")
+    lo_mm, hi_mm = A.choose_range(stats, bits, symmetric, "minmax")
     assert hi_mm == 40.0 and lo_mm == (-40.0 if symmetric else 0.0)
-    ranges = {m: Q.choose_range(stats, bits, symmetric, m) for m in Q.CALIBRATION_METHODS}
+    ranges = {m: A.choose_range(stats, bits, symmetric, m) for m in A.CALIBRATION_METHODS}
     for lo, hi in ranges.values():
         assert lo_mm <= lo <= 0 <= hi <= hi_mm
     assert ranges["percentile"][1] < hi_mm            # the outliers lie beyond the 99.99th percentile
@@ -175,8 +177,8 @@ def test_calibration_ranges_are_sensible(bits, symmetric):
 def test_quantize_activations_rounds_each_layer_input_onto_its_calibrated_grid():
     model = tiny_model()
     calib = tiny_images()
-    quantized = Q.quantize_activations(model, 3, calib, "minmax", batches=2, batch_size=32)
-    settings = Q.activation_settings(quantized)
+    quantized = A.quantize_activations(model, 3, calib, "minmax", batches=2, batch_size=32)
+    settings = A.activation_settings(quantized)
     assert "conv1" not in settings and "fc" in settings and len(settings) == len(Q.quantizable_layers(model)) - 1
     seen = {}
     hooks = [layer.register_forward_pre_hook(lambda m, i, name=name: seen.__setitem__(name, i[0]))
@@ -188,7 +190,7 @@ def test_quantize_activations_rounds_each_layer_input_onto_its_calibrated_grid()
     for name, x in seen.items():      # these hooks ran after the rounding hook
         assert x.unique().numel() <= 2 ** 3
         assert x.min() >= settings[name]["lo"] - 1e-6 and x.max() <= settings[name]["hi"] + 1e-6
-    assert not Q.activation_settings(model)   # input untouched
+    assert not A.activation_settings(model)   # input untouched
 
 
 def test_minmax_calibration_range_equals_what_the_layer_saw():
@@ -198,7 +200,7 @@ def test_minmax_calibration_range_equals_what_the_layer_saw():
     model.fc.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
     with torch.no_grad():
         model(calib.images.float() / 255)
-    setting = Q.activation_settings(Q.quantize_activations(model, 8, calib, "minmax", batches=1, batch_size=32))["fc"]
+    setting = A.activation_settings(A.quantize_activations(model, 8, calib, "minmax", batches=1, batch_size=32))["fc"]
     assert setting["hi"] == pytest.approx(seen[0].max().item(), rel=1e-6)
     assert setting["lo"] == 0.0                      # fc's input follows a ReLU
 
@@ -206,15 +208,15 @@ def test_minmax_calibration_range_equals_what_the_layer_saw():
 def test_activation_quantized_model_copies_evaluates_and_saves_as_the_plain_architecture():
     model = tiny_model()
     calib = tiny_images()
-    q = Q.quantize_model(model, 4, 4, calib, a_method="percentile", batches=2, batch_size=32)
+    q = A.quantize_model(model, 4, 4, calib, a_method="percentile", batches=2, batch_size=32)
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         out = q(x)
         assert torch.equal(copy_model(q)(x), out) and torch.equal(copy.deepcopy(q)(x), out)
-        plain = Q.plain_weights(q)
+        plain = plain_model(q)
         assert not torch.equal(plain(x), out)          # rounding removed ...
         assert torch.equal(plain(x), Q.quantize_weights(model, 4)(x))   # ... quantized weights kept
-        restored = Q.set_activation_settings(plain, Q.activation_settings(q))
+        restored = A.set_activation_settings(plain, A.activation_settings(q))
         assert torch.equal(restored(x), out)
     assert list(plain.state_dict()) == list(model.state_dict())
     assert list(q.state_dict()) == list(model.state_dict())
@@ -229,7 +231,7 @@ def test_reduced_float_rounds_through_the_format(fmt, dtype):
     assert torch.equal(Q.round_through(x, fmt), x.to(dtype).float())
     assert not torch.equal(Q.round_through(x, fmt), x)
     model = tiny_model()
-    reduced = Q.to_reduced_float(model, fmt)
+    reduced = A.to_reduced_float(model, fmt)
     for (name, w), w_hat in zip(model.state_dict().items(), reduced.state_dict().values()):
         if w.is_floating_point():
             assert torch.equal(w_hat, w.to(dtype).float()), name
@@ -242,7 +244,7 @@ def test_reduced_float_rounds_through_the_format(fmt, dtype):
 
 def test_unknown_float_format_is_a_clear_error():
     with pytest.raises(ValueError, match="fp16"):
-        Q.to_reduced_float(tiny_model(), "fp8")
+        A.to_reduced_float(tiny_model(), "fp8")
 
 
 # --- quantization-aware training ---------------------------------------------------------------------
@@ -253,7 +255,7 @@ def test_ste_gradient_is_the_gradient_at_the_quantized_weight():
     mask = (torch.rand(5, 6) > 0.3).float()
     with torch.no_grad():
         layer.weight.mul_(mask)
-    qat = Q.prepare_qat(nn.Sequential(layer), bits=2)[0]
+    qat = QAT.prepare_qat(nn.Sequential(layer), bits=2)[0]
     x, g = torch.randn(7, 6), torch.randn(7, 5)
     (qat(x) * g).sum().backward()
     reference = nn.Linear(6, 5)
@@ -270,12 +272,12 @@ def test_ste_gradient_is_the_gradient_at_the_quantized_weight():
 def test_qat_trains_with_train_and_converts_to_few_values_keeping_pruned_zeros(bits, symmetric):
     pruned = prune(tiny_model(), 0.5)
     zero_before = {n: m.weight_mask == 0 for n, m in Q.quantizable_layers(pruned).items()}
-    qat = Q.prepare_qat(pruned, bits, symmetric)
+    qat = QAT.prepare_qat(pruned, bits, symmetric)
     start = qat.conv1.parametrizations.weight.original.detach().clone()
     config = TrainConfig(epochs=3, batch_size=16, lr=0.5, augment=False, device="cpu", warmup=0.0)
     run_to_end(train(qat, tiny_images(32), config))
     assert not torch.equal(qat.conv1.parametrizations.weight.original, start)   # it trained
-    converted = Q.convert_qat(qat)
+    converted = QAT.convert_qat(qat)
     assert set(converted.state_dict()) == set(create_model("resnet8", width=0.25).state_dict())
     trained = {n: m.parametrizations.weight.original * m.parametrizations.weight[0].mask
                for n, m in Q.quantizable_layers(qat).items()}
@@ -288,23 +290,24 @@ def test_qat_trains_with_train_and_converts_to_few_values_keeping_pruned_zeros(b
 
 def test_qat_with_activation_bits_copies_and_converts():
     calib = tiny_images()
-    qat = Q.prepare_qat(tiny_model(), 4, a_bits=6, calib=calib)
-    assert len(Q.activation_settings(qat)) > 0
+    qat = QAT.prepare_qat(tiny_model(), 4, a_bits=6, calib=calib)
+    assert len(A.activation_settings(qat)) > 0
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(copy_model(qat)(x), qat(x))
-    assert Q.activation_settings(Q.convert_qat(qat)) == Q.activation_settings(qat)
+    assert A.activation_settings(QAT.convert_qat(qat)) == A.activation_settings(qat)
     with pytest.raises(ValueError, match="calib"):
-        Q.prepare_qat(tiny_model(), 4, a_bits=6)
+        QAT.prepare_qat(tiny_model(), 4, a_bits=6)
 
 
 def test_convert_qat_leaves_the_qat_model_and_its_copies_working():
     """Regression: torch's remove_parametrizations edits a class that deep copies share."""
-    from compression.models import copy_model, create_model
+    from compression.models import create_model
+    from compression.weights import copy_model
 
-    qat = Q.prepare_qat(create_model("resnet8", width=0.25), 4)
+    qat = QAT.prepare_qat(create_model("resnet8", width=0.25), 4)
     twin = copy_model(qat)
     x = torch.rand(2, 3, 32, 32)
-    converted = Q.convert_qat(twin)
+    converted = QAT.convert_qat(twin)
     assert torch.equal(qat.eval()(x), converted.eval()(x))
     assert torch.equal(twin.eval()(x), converted(x))

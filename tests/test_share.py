@@ -3,12 +3,13 @@ import pytest
 import torch
 
 from compression.data import ImageSet
-from compression.models import copy_model, create_model
+from compression.models import create_model
 from compression.packed import pack_model, unpack_model
 from compression.prune import is_pruned, prunable_layers, prune
 from compression.share import (bake_shared, cluster_weights, codebooks, is_shared, kmeans_1d,
                                prepare_shared, within_cluster_sse)
 from compression.train import TrainConfig, run_to_end, train
+from compression.weights import copy_model
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 
 from compression.model_cache import ModelCache, model_bytes
 from compression.prune import prune
-from compression.quantize import activation_settings, quantize_activations
+from compression.activations import activation_settings, quantize_activations
 from compression.store import check_token, open_store, variant_id
 from compression.store_errors import (StoreBusyError, StoreError, StoreFullError, VariantUnavailableError,
                                       WorkspaceTokenError)

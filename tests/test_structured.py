@@ -4,12 +4,13 @@ from torch import nn
 import torch_pruning as tp
 
 from compression import structured as st
+from compression.counts import count_macs
 from compression.data import ImageSet
 from compression.files import load_model, save_model
-from compression.metrics import count_macs
-from compression.models import copy_model, create_model
+from compression.models import create_model
 from compression.prune import is_pruned, prune
 from compression.train import TrainConfig, run_to_end, train
+from compression.weights import copy_model
 
 # resnet8 at width 0.5: one block per stage, stages of 8, 16 and 32 channels.
 WIDTHS = (8, 16, 32)
@@ -332,7 +333,7 @@ def test_masked_model_is_stripped_before_filter_pruning(model, images):
 def test_read_only_functions_never_hook_the_callers_model(model, calib, monkeypatch):
     """Tracing and scoring hook modules for a moment; on a model another thread is copying, the copy
     would keep the hooks for good (and later fail), so they must hook a private copy."""
-    from compression.metrics import layer_table
+    from compression.counts import layer_table
 
     hooked = []
     original = nn.Module.register_forward_hook

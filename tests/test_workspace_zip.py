@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compression.prune import prune
-from compression.quantize import activation_settings, quantize_activations
+from compression.activations import activation_settings, quantize_activations
 from compression.store import open_store, pack_weights
 from compression.store_errors import WorkspaceZipError
 from compression.variant import Variant

@@ -8,29 +8,29 @@ from __future__ import annotations
 import streamlit as st
 from torch import nn
 
-from compression import prune as P
-from compression import structured as S
+from compression.prune import importance_scores, prune
+from compression.structured import prune_filters
 from compression.data import ImageSet
 from compression.train import evaluate
 
 
 @st.cache_resource(max_entries=8, show_spinner="Computing ∂L/∂w on a few batches…")
 def gradient_scores(variant_id: str, exempt: tuple[str, ...], _model: nn.Module, _data: ImageSet):
-    return P.importance_scores(_model, "gradient", exempt, _data)
+    return importance_scores(_model, "gradient", exempt, _data)
 
 
 @st.cache_resource(max_entries=48, show_spinner=False)
 def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
                  _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
     scores = gradient_scores(variant_id, exempt, _model, _calib) if method == "gradient" else None
-    pruned = P.prune(_model, amount, method, scope, exempt=exempt, scores=scores)
+    pruned = prune(_model, amount, method, scope, exempt=exempt, scores=scores)
     return pruned, evaluate(pruned, _eval).accuracy
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
 def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module, _eval: ImageSet,
                _calib: ImageSet) -> tuple[nn.Module, float]:
-    pruned = S.prune_filters(_model, ratio, criterion, calib=_calib)
+    pruned = prune_filters(_model, ratio, criterion, calib=_calib)
     return pruned, evaluate(pruned, _eval).accuracy
 
 
@@ -51,11 +51,12 @@ def shared(variant_id: str, k: int, _model: nn.Module, _eval: ImageSet) -> tuple
 def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
               _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
     """bits: 1..8 or "fp16"/"bf16"; a_bits: None (weights only) or 1..8 (activations calibrated)."""
-    from compression import quantize as Q
+    from compression.activations import quantize_model, to_reduced_float
+    from compression.quantize import FLOAT_FORMATS
 
-    if bits in Q.FLOAT_FORMATS:
-        model = Q.to_reduced_float(_model, bits, activations=a_bits is not None)
+    if bits in FLOAT_FORMATS:
+        model = to_reduced_float(_model, bits, activations=a_bits is not None)
     else:
-        model = Q.quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
+        model = quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
                                  per_channel=per_channel, a_method=method, batches=2)
     return model, evaluate(model, _eval).accuracy
