@@ -66,55 +66,20 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import dask
 from distributed import Client, Event, KilledWorker, LocalCluster
 
+from .job_view import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRefused, JobView  # noqa: F401 (re-exported)
 from .runner import WORKER_LOST, WorkerLost, flag, run_job
 from .tasks import check_task
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 TICK_S = 1.0              # look for a free worker at least this often while jobs wait
 CONNECT_TIMEOUT_S = 10
 log = logging.getLogger(__name__)
 _seq = itertools.count()
-
-
-class JobRefused(Exception):
-    """A submit the engine does not take (e.g. the workspace already has a job); the message says why."""
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A job as a page or a store sees it: a snapshot, safe to keep."""
-    id: str
-    workspace: str
-    kind: str                      # the page's name for it, e.g. "prune_ft"
-    title: str
-    task: str                      # its name in compression.tasks.TASKS
-    submitted: float
-    status: str = QUEUED
-    position: int = 0              # while queued: 1 + the jobs ahead of it in line; else 0
-    worker: str | None = None      # the address of the worker that runs / ran it
-    device: str | None = None      # e.g. "NVIDIA H100" or "AMD EPYC, 1 threads"
-    pid: int | None = None         # the worker's process
-    events: tuple[dict, ...] = ()  # progress events, oldest first
-    error: str | None = None       # one line for the page, never a traceback
-    detail: str | None = None      # the traceback, for logs
-    result: dict | None = None     # {"variants": [payload, ...]}: see tasks.run
-    started: float | None = None
-    finished: float | None = None
-    stop_requested: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.status in (QUEUED, RUNNING)
-
-    @property
-    def latest(self) -> dict | None:
-        return self.events[-1] if self.events else None
 
 
 class _Job:

@@ -30,20 +30,36 @@ from .variant import Variant
 RECORD = ("id", "name", "technique", "settings", "parent", "created", "artifacts", "history")
 
 
+def pack_weights(model: nn.Module) -> bytes:
+    """The packed file a variant is stored as: weights plus activation rounding in the metadata."""
+    return pack_model(model, metadata={"activation_settings": activation_settings(model)})
+
+
+def unpack_weights(data: bytes, name: str = "file") -> nn.Module:
+    """Inverse of pack_weights: the model in eval mode, activation rounding restored. ModelFileError
+    for anything malformed (runs no code from the file)."""
+    model, metadata = unpack_model(data, name)
+    settings = metadata.get("activation_settings", {})
+    try:
+        if not isinstance(settings, dict):
+            raise TypeError("not a JSON object")
+        set_activation_settings(model, settings, inplace=True)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{name}: its activation rounding settings are invalid ({exc}). "
+                             f"Pack the model again from the app.") from None
+    return model.eval()
+
+
 def model_payload(model: nn.Module) -> dict:
     """{"weights": packed bytes, "masks": {layer: packed bits}} for `model` (not modified)."""
     masks = {name: np.packbits(layer.weight_mask.detach().cpu().numpy().astype(bool).reshape(-1)).tobytes()
              for name, layer in prunable_layers(model).items() if hasattr(layer, "weight_mask")}
-    weights = pack_model(model, metadata={"activation_settings": activation_settings(model)})
-    return {"weights": weights, "masks": masks}
+    return {"weights": pack_weights(model), "masks": masks}
 
 
 def model_from_payload(payload: dict, name: str = "model") -> nn.Module:
     """Inverse of model_payload: the same logits bit for bit, the same masks, the same rounding."""
-    model, meta = unpack_model(payload["weights"], name)
-    settings = meta.get("activation_settings") or {}
-    if settings:
-        set_activation_settings(model, settings, inplace=True)
+    model = unpack_weights(payload["weights"], name)
     layers = prunable_layers(model)
     for layer_name, bits in (payload.get("masks") or {}).items():
         if layer_name not in layers:

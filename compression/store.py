@@ -40,8 +40,7 @@ from torch import nn
 # The library's public names the store relies on (repoint here if the package's API moves).
 from .weights import ModelFileError
 from .metrics import Metrics
-from .packed import pack_model, unpack_model
-from .activations import activation_settings, set_activation_settings
+from .portable import pack_weights, unpack_weights  # noqa: F401 (workspace_zip imports them from here)
 from .variant import Variant
 
 from .blobs import BlobStore
@@ -79,26 +78,6 @@ def variant_id(weights_sha256: str, parent: str | None, technique: str, settings
 
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def pack_weights(model: nn.Module) -> bytes:
-    """The packed file a variant is stored as: weights plus activation rounding in the metadata."""
-    return pack_model(model, metadata={"activation_settings": activation_settings(model)})
-
-
-def unpack_weights(data: bytes, name: str = "file") -> nn.Module:
-    """Inverse of pack_weights: the model in eval mode, activation rounding restored. ModelFileError
-    for anything malformed (runs no code from the file)."""
-    model, metadata = unpack_model(data, name)
-    settings = metadata.get("activation_settings", {})
-    try:
-        if not isinstance(settings, dict):
-            raise TypeError("not a JSON object")
-        set_activation_settings(model, settings, inplace=True)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{name}: its activation rounding settings are invalid ({exc}). "
-                             f"Pack the model again from the app.") from None
-    return model.eval()
 
 
 @dataclass

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, select, update
 
 from .store_errors import StoreError
 from .store_schema import JOBS, Workspace, db_errors
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"   # as engine.py
+from .job_view import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 
 INTERRUPTED = "interrupted"
 ACTIVE = (QUEUED, RUNNING)

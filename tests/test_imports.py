@@ -62,7 +62,7 @@ LAYERS = {
     2: {"prune", "structured", "quantize", "activations", "qat", "distill", "share", "schedule", "int8",
         "layouts", "checks", "packed", "files"},                                       # techniques, file formats
     3: {"metrics", "packed_sizes", "views", "analysis", "variant", "export", "pipelines", "card",  # variants, metrics
-        "portable", "store_errors", "store_schema", "store_jobs", "blobs", "model_cache", "store",
+        "portable", "job_view", "store_errors", "store_schema", "store_jobs", "blobs", "model_cache", "store",
         "workspace_zip"},                                                              # and the store
     4: {"jobs", "worker", "tasks", "runner", "engine"},                   # tasks and where they run
     5: {"cli", "commands"},                                                            # the command line

@@ -406,14 +406,15 @@ def writer_model(i: int):
     return model
 
 
-def keep_forever(home, url, token, start):
-    """A writer process: keeps variant after variant until it is killed."""
+def keep_forever(home, url, token, start, kept):
+    """A writer process: keeps variant after variant until it is killed, counting them in `kept`."""
     torch.set_num_threads(1)
     store = open_store(home, url)
     ws = store.open_workspace(token)
     i = start
     while True:
         store.keep(ws, Variant(f"w{i}", writer_model(i), "trained", {"i": i}))
+        kept.value += 1
         i += 1
 
 
@@ -426,9 +427,13 @@ def test_a_writer_killed_at_random_moments_leaves_whole_variants_only(opener, ho
     rng, fork = random.Random(18), multiprocessing.get_context("fork")
     listed, next_i = [], 0
     for _ in range(20):
-        writer = fork.Process(target=keep_forever, args=(home, db_url, token, next_i), daemon=True)
+        kept = fork.Value("i", 0)
+        writer = fork.Process(target=keep_forever, args=(home, db_url, token, next_i, kept), daemon=True)
         writer.start()
-        time.sleep(rng.uniform(0.05, 0.6))
+        deadline = time.time() + 120
+        while kept.value < 1 and time.time() < deadline:     # one whole variant at least, however slow the machine
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))                     # then a random moment, often mid-keep
         os.kill(writer.pid, signal.SIGKILL)
         writer.join()
         assert writer.exitcode == -signal.SIGKILL
