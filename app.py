@@ -3,12 +3,15 @@
 The pages live in app_pages/, not pages/: Streamlit runs a file of a folder named pages/ on its own
 (no sidebar, no safety net) when a deep link is the first request a fresh server gets, before any
 script has called st.navigation (streamlit#9624).
+
+The workspace comes first: the URL's ?ws= token opens it (a visit without one gets a new workspace);
+a bad token gets a message and "Start a new workspace" instead of the sidebar and the page.
 """
 import streamlit as st
 
 st.set_page_config(page_title="Model Compression Playground", page_icon=":material/compress:", layout="wide")
 
-from ui import safety, sidebar  # noqa: E402  (set_page_config must come first)
+from ui import safety, sidebar, workspace  # noqa: E402  (set_page_config must come first)
 
 PAGES = [
     st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", default=True),
@@ -22,5 +25,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-safety.guarded("The sidebar")(sidebar.render)()
-safety.guarded("This page")(page.run)()
+if safety.guarded("Opening your workspace")(workspace.enter)():      # ?ws=… in the URL (ui/workspace.py)
+    safety.guarded("The sidebar")(sidebar.render)()
+    safety.guarded("This page")(page.run)()

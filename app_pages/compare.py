@@ -1,14 +1,18 @@
 import pandas as pd
 import streamlit as st
 
-from compression.export import downloads
+from compression.export import safetensors_bytes
 from compression.files import ModelFileError, load_any_bytes
 from compression.models import ARCHS as MODEL_ARCHS
 from compression.metrics import latency_ms
+from compression.store_errors import StoreError
 from compression.train import evaluate
 from compression.variant import file_stem, measure_variant, pareto_frontier, report_csv, report_json
-from ui import charts, state
+from compression.workspace_zip import export_workspace, import_workspace
+from ui import charts, state, workspace
 from ui.format import accuracy, kib, plain
+
+IMPORT_MAX_MB = 100          # a workspace export: the weights of every variant (a resnet20 packs to < 1 MB)
 
 
 def intro() -> None:
@@ -18,14 +22,15 @@ def intro() -> None:
     st.latex(r"\text{compression ratio} = \frac{\text{bytes of the dense fp32 model}}{\text{bytes of the packed file}}")
 
 
-def latency_button(book) -> None:
-    """Time the variants kept without a latency (the table's last two columns)."""
-    missing = [v for v in book if v.metrics.latency_b1_ms is None]
+def latency_button(records) -> None:
+    """Time the variants kept without a latency (the table's last two columns); the figures are kept."""
+    missing = [r for r in records if r.metrics.latency_b1_ms is None]
     if missing and st.button(f"Measure CPU latency of {len(missing)} variant(s)", icon=":material/timer:"):
         with st.spinner("Timing forward passes at batch 1 and 256…"):
-            for v in missing:
-                v.metrics.latency_b1_ms = latency_ms(v.model, 1, repeats=20)
-                v.metrics.latency_b256_ms = latency_ms(v.model, 256, repeats=3)
+            for record in missing:
+                v = workspace.variant(record.id)
+                workspace.record_metrics(v, record.builtin, latency_b1_ms=latency_ms(v.model, 1, repeats=20),
+                                         latency_b256_ms=latency_ms(v.model, 256, repeats=3))
         st.rerun()
 
 
@@ -69,17 +74,55 @@ def chart_and_reports(rows: list[dict]) -> None:
                        icon=":material/description:", on_click="ignore")
 
 
-def download_buttons(book) -> None:
+def download_buttons(records) -> None:
+    """Each variant's files, read from the store when clicked; Delete for the workspace's own."""
     st.subheader("Downloads")
-    for v in book:
+    store, ws = workspace.store(), workspace.get()
+    for record in records:
         with st.container(border=True):
             a, b = st.columns([2, 3])
-            a.markdown(f"**{plain(v.name)}**  \n{plain(v.recipe)}  \n{accuracy(v.metrics.eval_accuracy)} · "
-                       f"packed {kib(v.metrics.bytes_packed)}")
-            cols = b.columns(3)
-            for col, (label, kind, make) in zip(cols, downloads(v)):
-                col.download_button(label, make, f"{file_stem(v)}.{kind}", "application/octet-stream",
-                                    key=f"dl-{v.id}-{kind}", on_click="ignore", width="stretch")
+            a.markdown(f"**{plain(record.name)}**  \n{plain(record.as_variant().recipe)}  \n"
+                       f"{accuracy(record.metrics.eval_accuracy)} · packed {kib(record.metrics.bytes_packed)}"
+                       + ("  \n*pretrained: shared by every workspace, read-only*" if record.builtin else ""))
+            if not store.blobs.exists(record.weights_sha256):
+                b.warning("Its weights file is missing from the server's data folder: delete this variant, or "
+                          "import it again from a workspace export.")
+            else:
+                files(b, store, ws, record)
+            if not record.builtin:
+                delete_button(a, record)
+
+
+def files(where, store, ws, record) -> None:
+    """Packed (the stored file), safetensors (made from the model) and real int8 (if it has one)."""
+    stem = file_stem(record.as_variant())
+    made = [("Packed (.cmpk)", "cmpk", lambda: store.weights(ws, record.id)),
+            ("Weights (.safetensors)", "safetensors",
+             lambda: safetensors_bytes(record.as_variant(store.model(ws, record.id))))]
+    if "int8" in record.artifacts:
+        made.append(("Real int8 (.pt2)", "int8.pt2", lambda: store.artifact(ws, record.id, "int8")))
+    for col, (label, kind, make) in zip(where.columns(3), made):
+        col.download_button(label, make, f"{stem}.{kind}", "application/octet-stream", key=f"dl-{record.id}-{kind}",
+                            on_click="ignore", width="stretch")
+
+
+def delete_button(where, record) -> None:
+    """Delete, in two steps: the first click asks, the second deletes for good."""
+    if st.session_state.get("_delete") != record.id:
+        if where.button("Delete", key=f"delete-{record.id}", icon=":material/delete:"):
+            st.session_state["_delete"] = record.id
+            st.rerun()
+        return
+    where.warning(f"Delete “{plain(record.name)}” from your workspace for good?")
+    yes, no = where.columns(2)
+    if yes.button("Delete for good", key=f"delete-yes-{record.id}", type="primary"):
+        workspace.store().delete(workspace.get(), record.id)
+        st.session_state.pop("_delete", None)
+        st.session_state["_compare_message"] = ("success", f"Deleted “{plain(record.name)}”.")
+        st.rerun()
+    if no.button("Keep it", key=f"delete-no-{record.id}"):
+        st.session_state.pop("_delete", None)
+        st.rerun()
 
 
 def add_upload(upload, arch: str | None, data) -> tuple[str, str]:
@@ -95,7 +138,7 @@ def add_upload(upload, arch: str | None, data) -> tuple[str, str]:
         v = measure_variant(model, "uploaded", {"file": file_name, "arch": meta.get("arch", arch)},
                             name=f"{file_name} (uploaded)")
         v.metrics.eval_accuracy = result.accuracy
-        state.add_variant(v)
+        workspace.keep(v)
         return "success", f"Added “{plain(v.name)}”: eval accuracy {accuracy(v.metrics.eval_accuracy)}."
     except ModelFileError as exc:
         return "error", f"Could not use {plain(file_name)}: {plain(exc)}"
@@ -121,19 +164,46 @@ def upload_form(data) -> None:
         (st.success if message[0] == "success" else st.error)(message[1])
 
 
+def workspace_files() -> None:
+    """The whole workspace as one .zip, and back: to take work home, or hand a lesson's variants out."""
+    st.subheader("Your workspace as one file")
+    st.markdown("The export holds every variant you kept (packed weights and a manifest; not the pretrained "
+                "models, which every workspace has). Importing it adds its variants to this workspace; the file "
+                "is checked completely first, and nothing is added if anything in it is wrong.")
+    store, ws = workspace.store(), workspace.get()
+    c1, c2 = st.columns([1, 2])
+    c1.download_button("Export workspace (.zip)", lambda: export_workspace(store, ws), "workspace.zip",
+                       "application/zip", icon=":material/archive:", on_click="ignore", key="export_workspace")
+    upload = c2.file_uploader("Import a workspace (.zip)", type=["zip"], key="import_file",
+                              max_upload_size=IMPORT_MAX_MB)
+    if upload is not None and st.session_state.get("_imported") != upload.file_id:
+        st.session_state["_imported"] = upload.file_id
+        name = upload.name[:80]
+        try:
+            ids = import_workspace(store, ws, upload.getvalue(), name)
+            st.session_state["_compare_message"] = ("success", f"Imported {len(ids)} variant(s) from {plain(name)}.")
+        except StoreError as exc:
+            st.session_state["_compare_message"] = ("error", plain(exc))
+        st.rerun()
+
+
 def compare_page() -> None:
     intro()
-    book = state.book()
+    message = st.session_state.pop("_compare_message", None)
+    if message:
+        (st.success if message[0] == "success" else st.error)(message[1])
+    records = workspace.variants()
     data = state.data_in_use()
-    rows = book.rows()
+    rows = [r.row() for r in records]
     if not rows:
         st.info("No variants yet: train or upload a model.")
     else:
-        latency_button(book)
+        latency_button(records)
         variants_table(rows)
         chart_and_reports(rows)
-        download_buttons(book)
+        download_buttons(records)
     upload_form(data)
+    workspace_files()
 
 
 compare_page()

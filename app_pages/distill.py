@@ -2,12 +2,9 @@ import streamlit as st
 
 from compression.data import CLASSES
 from compression.distill import MAX_ENTROPY, entropy, softened_probabilities
-from compression.jobs import distill_vs_plain
 from compression.models import ARCHS
-from compression.train import TrainConfig
-from ui import charts, lesson, safety, state
+from ui import charts, jobs, lesson, state, workspace
 from ui.format import accuracy
-from ui.jobs import job_status, start_job
 
 
 def intro() -> None:
@@ -24,7 +21,7 @@ def intro() -> None:
 
 
 def teacher_and_temperature(variants: dict) -> tuple:
-    default = "pretrained-resnet20" if "pretrained-resnet20" in variants else next(iter(variants))
+    default = workspace.pretrained_id("resnet20") or next(iter(variants))
     c1, c2 = st.columns(2)
     teacher_id = c1.selectbox("Teacher", list(variants), index=list(variants).index(default),
                               format_func=lambda i: f"{variants[i].name} · "
@@ -32,7 +29,7 @@ def teacher_and_temperature(variants: dict) -> tuple:
                               key="distill_teacher")
     T = c2.slider("Temperature T", 1.0, 20.0, step=0.5, key="distill_T",
                   help="T = 1 is the ordinary softmax; higher T spreads probability over the other classes.")
-    return variants[teacher_id], T
+    return workspace.variant(teacher_id), T
 
 
 def softened_answer(teacher, T: float) -> None:
@@ -78,21 +75,20 @@ def student_form(variants: dict, teacher, T: float) -> None:
     lesson.link(st, "distill", ["distill_T", "distill_alpha", "distill_image"])
     if not go:
         return
-    config = TrainConfig(epochs=epochs, lr=lr, label_smoothing=0.0)
-    start = None if start_from == "new" else variants[start_from]
-    train_set = data.train
-    start_job("distill", "Distill a student", lambda j: distill_vs_plain(
-        arch, width, start, teacher, config, T, alpha, train_set, data.eval, j.report, j.should_stop),
-              "A distillation run of yours is already going.")
+    jobs.start("distill", "Distill a student", "distill", {
+        "data": data.spec(), "student_arch": arch, "student_width": width, "T": T, "alpha": alpha,
+        "config": {"epochs": int(epochs), "lr": lr, "label_smoothing": 0.0}},
+        inputs={"teacher": teacher.id, "start": None if start_from == "new" else start_from},
+        busy_message="A distillation run of yours is already going.")
 
 
-@safety.fragment(run_every=1.0)
+@jobs.live
 def progress():
-    job, events = job_status("distill", what="Distillation", done=lambda job: (
-        f"With the teacher: {accuracy(job.result[0].metrics.eval_accuracy)} · without: "
-        f"{accuracy(job.result[1].metrics.eval_accuracy)}. Both joined the variants."))
-    kd = [e for e in events if e.get("phase") == "kd"]
-    plain = [e for e in events if e.get("phase") == "plain"]
+    _, points = jobs.status("distill", what="Distillation", done=lambda made: (
+        f"With the teacher: {accuracy(made[0].metrics.eval_accuracy)} · without: "
+        f"{accuracy(made[-1].metrics.eval_accuracy)}. Both joined the variants."))
+    kd = [p for p in points if p.get("phase") == "kd"]
+    plain = [p for p in points if p.get("phase") == "plain"]
     if kd:
         st.plotly_chart(charts.training_curves(kd, "Student with KD (solid) and without (dashed)", label="KD",
                                                second=("no KD", plain)), key="distill_curves")
@@ -100,7 +96,7 @@ def progress():
 
 def distill_page() -> None:
     intro()
-    variants = {v.id: v for v in state.book()}
+    variants = {r.id: r for r in workspace.variants()}
     if not variants:
         st.error("No teacher available: train or upload a model first.")
         st.stop()

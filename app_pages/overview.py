@@ -3,7 +3,7 @@ import streamlit as st
 
 from compression.counts import layer_table
 from compression.train import evaluate
-from ui import state
+from ui import state, workspace
 from ui.format import accuracy, kib, plain
 
 
@@ -35,7 +35,8 @@ def model_in_hand(variant, data) -> None:
         if data.full:
             if st.button("Evaluate on the full test set (10,000 images)"):
                 with st.spinner("Evaluating on 10,000 images…"):
-                    m.test_accuracy = evaluate(variant.model, data.test).accuracy
+                    workspace.record_metrics(variant, workspace.record(variant.id).builtin,
+                                             test_accuracy=evaluate(variant.model, data.test).accuracy)
                 st.rerun()
         else:
             st.caption("Full test set accuracy needs the full CIFAR-10: pick it under Data in the sidebar.")
@@ -58,7 +59,7 @@ def layer_rows(variant) -> None:
 
 def overview_page() -> None:
     intro()
-    variant = state.require_current()
+    variant = workspace.require_current()
     model_in_hand(variant, state.data_in_use())
     layer_rows(variant)
 

@@ -2,12 +2,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from compression.jobs import run_pipeline
-from compression.pipelines import deep_compression, spiral
 from compression.share import K_CHOICES as CLUSTERS
-from ui import charts, lesson, safety, state
+from ui import charts, jobs, lesson, state, workspace
 from ui.format import accuracy, plain
-from ui.jobs import job_status, start_job
 
 KINDS = ["Deep Compression", "Prune ↔ distill spiral"]
 
@@ -24,21 +21,20 @@ def intro() -> None:
              r"\qquad s_r = 1-(1-p)^r")
 
 
-def deep_compression_job(variant, data):
-    """The Deep Compression controls; returns the job function to run them."""
+def deep_compression_job(data) -> tuple[str, dict]:
+    """The Deep Compression controls; returns the task and spec to run them."""
     c1, c2, c3 = st.columns(3)
     percent = c1.slider("Prune to sparsity (%)", 0, 99, key="pipeline_sparsity")
     ft = c2.number_input("Fine-tune epochs after pruning", 0, 20, 1, key="pipeline_ft")
     k = c3.select_slider("Clusters per layer", CLUSTERS, key="pipeline_k")
     cft = c3.number_input("Centroid fine-tune epochs", 0, 20, 0, key="pipeline_cft")
     lesson.link(st, "pipeline", ["pipeline_kind", "pipeline_sparsity", "pipeline_k"])
-    train_set = data.train
-    return lambda j: run_pipeline(deep_compression(
-        variant, train_set, data.eval, percent / 100, k, ft, cft, stop=j.should_stop), j.report)
+    return "deep_compression", {"data": data.spec(), "sparsity": percent / 100, "clusters": k,
+                                "finetune_epochs": int(ft), "centroid_epochs": int(cft)}
 
 
-def spiral_job(variant, data):
-    """The spiral's controls; returns the job function to run them."""
+def spiral_job(data) -> tuple[str, dict]:
+    """The spiral's controls; returns the task and spec to run them."""
     c1, c2, c3 = st.columns(3)
     rounds = c1.slider("Rounds", 1, 10, key="pipeline_rounds")
     per_round = c2.slider("Ratio pruned per round (% of what is left)", 5, 90, key="pipeline_per_round")
@@ -47,9 +43,8 @@ def spiral_job(variant, data):
     amount = 1 - (1 - per_round / 100) ** rounds
     c2.caption(f"After {rounds} rounds: {100 * amount:.1f} % of the weights pruned.")
     lesson.link(st, "pipeline", ["pipeline_kind", "pipeline_rounds", "pipeline_per_round", "pipeline_T"])
-    train_set = data.train
-    return lambda j: run_pipeline(spiral(
-        variant, train_set, data.eval, rounds, amount, epochs, T, stop=j.should_stop), j.report)
+    return "spiral", {"data": data.spec(), "rounds": rounds, "final_sparsity": amount,
+                      "epochs_per_round": int(epochs), "T": T}
 
 
 def stages_chart(stages: list[dict]) -> None:
@@ -66,24 +61,25 @@ def stages_chart(stages: list[dict]) -> None:
                                 "ratio": f"{s['ratio']:.1f}×"} for s in stages]), hide_index=True)
 
 
-@safety.fragment(run_every=1.0)
+@jobs.live
 def progress():
-    job, events = job_status("pipeline", what="The pipeline", done=lambda job: (
-        f"{job.title} finished: {len(job.result)} variants joined the table."))
-    if job is None:
+    title = getattr(jobs.latest("pipeline"), "title", "")
+    record, points = jobs.status("pipeline", what="The pipeline", done=lambda made: (
+        f"{title} finished: {len(made)} variants joined the table."))
+    if record is None:
         st.info("Pick settings and run: each stage appears below as it finishes.")
         return
-    stages = [e for e in events if e.get("phase") == "stage"]
-    train_events = [e for e in events if e.get("phase") == "train"]
+    stages = record.progress.get("stages") or [p for p in points if p.get("phase") == "stage"]
+    train_points = [p for p in points if p.get("phase") == "train"]
     if stages:
         stages_chart(stages)
-    if train_events and job.active:
-        st.plotly_chart(charts.training_curves(train_events[-400:], "Current training stage"), key="pipeline_train")
+    if train_points and record.active:
+        st.plotly_chart(charts.training_curves(train_points[-400:], "Current training stage"), key="pipeline_train")
 
 
 def pipeline_page() -> None:
     intro()
-    variant = state.require_current()
+    variant = workspace.require_current()
     data = state.data_in_use()
     lesson.restore("pipeline", {"pipeline_kind": "Deep Compression", "pipeline_sparsity": 90, "pipeline_k": 16,
                                 "pipeline_rounds": 3, "pipeline_per_round": 50, "pipeline_T": 4.0},
@@ -91,9 +87,10 @@ def pipeline_page() -> None:
                    bounds={"pipeline_sparsity": (0, 99), "pipeline_rounds": (1, 10), "pipeline_per_round": (5, 90),
                            "pipeline_T": (1.0, 20.0)})
     kind = st.radio("Pipeline", KINDS, horizontal=True, key="pipeline_kind")
-    run = deep_compression_job(variant, data) if kind == KINDS[0] else spiral_job(variant, data)
+    task, spec = deep_compression_job(data) if kind == KINDS[0] else spiral_job(data)
     if st.button(f"Run {kind} on “{plain(variant.name)}”", type="primary", icon=":material/play_arrow:"):
-        start_job("pipeline", kind, run, "A pipeline of yours is already running.")
+        jobs.start("pipeline", kind, task, spec, inputs={"parent": variant.id},
+                   busy_message="A pipeline of yours is already running.")
     progress()
 
 

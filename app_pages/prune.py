@@ -2,13 +2,12 @@ import streamlit as st
 
 from compression import structured as S
 from compression.counts import count_macs, count_params
-from compression.jobs import finetune_variant, pruning_curve, sensitivity_curves, structured_curve
+from compression.jobs import pruning_curve, sensitivity_curves, structured_curve
 from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, sparsity
 from compression.schedule import agp_curve
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
-from ui import cached, charts, lesson, safety, state
+from ui import analyses, cached, charts, jobs, lesson, state, workspace
 from ui.format import accuracy
-from ui.jobs import training_job_status
 from ui.keep import keep_button
 
 METHODS = {"magnitude": "Magnitude |w|", "random": "Random", "gradient": "Gradient |w·∂L/∂w|",
@@ -126,7 +125,7 @@ def curves(variant, data, calib, method: str, criterion: str | None, scope: str,
            acc: float) -> None:
     """Accuracy against the pruning ratio (computed once in the background) and the AGP schedule."""
     st.subheader("How far can we go?")
-    store = state.curve_store()
+    store = analyses.results()
     model, structured = variant.model, criterion is not None
     key = (variant.id, method, criterion if structured else scope, exempt)
     c1, c2 = st.columns(2)
@@ -138,7 +137,7 @@ def curves(variant, data, calib, method: str, criterion: str | None, scope: str,
                 "Accuracy against pruning ratio (no fine-tuning)", "pruning ratio", "eval accuracy (%)",
                 name=METHODS[method]), key="prune_curve")
         else:
-            state.start_analysis(key, f"curve {method}", lambda j: (
+            analyses.start(key, f"curve {method}", lambda j: (
                 structured_curve(model, data.eval, criterion, j.report, j.should_stop, calib) if structured else
                 pruning_curve(model, data.eval, method, scope, exempt, j.report, j.should_stop,
                               data=calib if method == "gradient" else None)))
@@ -153,7 +152,7 @@ def curves(variant, data, calib, method: str, criterion: str | None, scope: str,
 
 
 def sensitivity(variant, data) -> None:
-    store, skey = state.curve_store(), ("sensitivity", variant.id)
+    store, skey = analyses.results(), ("sensitivity", variant.id)
     if skey in store:
         fig = charts.curve_with_marker([], [], None, None, "Sensitivity: prune one layer alone",
                                        "sparsity of that layer", "eval accuracy (%)",
@@ -161,20 +160,20 @@ def sensitivity(variant, data) -> None:
                                               for n, pts in store[skey].items()})
         st.plotly_chart(fig, key="prune_sensitivity")
         return
-    job = state.analysis_job(skey)
-    if job is not None and job.active:
-        last = job.latest() or {}
+    task = analyses.task(skey)
+    if task is not None and task.active:
+        last = task.latest() or {}
         st.progress(last.get("done", 0) / max(1, last.get("total", 1)), text="Per-layer sensitivity…")
     elif st.button("Compute per-layer sensitivity (about a minute)", icon=":material/monitoring:"):
         model = variant.model
-        state.start_analysis(skey, "sensitivity", lambda j: sensitivity_curves(model, data.eval, j.report,
-                                                                               j.should_stop))
+        analyses.start(skey, "sensitivity", lambda t: sensitivity_curves(model, data.eval, t.report,
+                                                                         t.should_stop))
         st.rerun()
 
 
-@safety.fragment(run_every=1.0)
+@jobs.live
 def finetune_progress():
-    training_job_status("prune_ft", "Fine-tuning", "Recovery during fine-tuning", "ft_curve")
+    jobs.training_status("prune_ft", "Fine-tuning", "Recovery during fine-tuning", "ft_curve")
 
 
 def keep_it(variant, pruned, data, technique: str, settings: dict, percent: int) -> None:
@@ -185,17 +184,16 @@ def keep_it(variant, pruned, data, technique: str, settings: dict, percent: int)
     keep_button(k1, pruned, technique, settings, variant, name, data)
     epochs = k2.number_input("Fine-tune epochs", 1, 50, 1, key="prune_ft_epochs")
     if k2.button(f"Fine-tune {epochs} epoch(s)", icon=":material/tune:"):
-        train_set = data.train
-        state.submit("prune_ft", f"Fine-tune {technique} {percent}%", lambda j: finetune_variant(
-            variant, pruned, technique, settings, epochs, train_set, data.eval, j.report, j.should_stop,
-            name=f"{name} + FT{epochs}"))
+        jobs.start("prune_ft", f"Fine-tune {technique} {percent}%", "finetune", {
+            "data": data.spec(), "technique": technique, "settings": settings, "epochs": int(epochs),
+            "name": f"{name} + FT{epochs}"}, inputs={"parent": variant.id, "model": "pruned"})
     with k3:
         finetune_progress()
 
 
 def prune_page() -> None:
     st.title("Prune")
-    variant = state.require_current()
+    variant = workspace.require_current()
     lesson.restore("prune", {"prune_method": "magnitude", "prune_scope": "global", "prune_ratio": 50,
                              "prune_criterion": "l1", "prune_keep": False},
                    choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],
@@ -207,13 +205,12 @@ def prune_page() -> None:
     before_acc = cached.accuracy(variant.id, model, data.eval)
     if structured:     # `ratio`: the fraction of each layer's filters removed
         ratio = allowed_ratio(model, percent / 100)
-        pruned, acc = cached.structured(variant.id, criterion, ratio, model, data.eval, calib)
         fraction, technique, settings = ratio, "filter-pruned", {"criterion": criterion, "ratio": ratio}
     else:              # `amount`: the fraction of the prunable weights set to zero
         amount = percent / 100
-        pruned, acc = cached.unstructured(variant.id, method, scope, exempt, amount, model, data.eval, calib)
         fraction, technique = amount, "pruned"
         settings = {"method": method, "scope": scope, "amount": amount, "exempt": "first+last" if exempt else "none"}
+    pruned, acc = cached.pruned(variant.id, technique, settings, model, data.eval, calib)
     headline(model, pruned, acc, before_acc, structured, exempt)
     layer = layers(model, pruned, structured)
     which_go(model, pruned, layer, criterion, fraction, calib)

@@ -3,13 +3,12 @@ from dataclasses import dataclass
 import streamlit as st
 
 from compression.activations import CALIBRATION_METHODS
-from compression.jobs import bits_curve, int8_variant, qat_variant
+from compression.jobs import bits_curve
 from compression.quantize import FLOAT_FORMATS, quant_grid
 from compression.views import (distinct_per_channel, distinct_values, histogram, layer_names, layer_quant_error,
                                layer_weight, weight_range)
-from ui import cached, charts, lesson, safety, state
+from ui import analyses, cached, charts, jobs, lesson, state, workspace
 from ui.format import accuracy, plain
-from ui.jobs import job_status, training_job_status
 from ui.keep import keep_button
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8, "bf16", "fp16"]
@@ -112,7 +111,7 @@ def inspect(model, q_model, acc: float, before_acc: float, choice: Choice) -> No
 
 def accuracy_against_bits(variant, data, calib, choice: Choice, acc: float) -> None:
     """Computed once per (model, grid) in the background; marks where the slider is."""
-    store = state.curve_store()
+    store = analyses.results()
     key = ("bits", variant.id, choice.symmetric, choice.per_channel, choice.a_bits is not None and not choice.is_float)
     if key in store:
         pts = store[key]
@@ -124,18 +123,18 @@ def accuracy_against_bits(variant, data, calib, choice: Choice, acc: float) -> N
                                                  x_is_percent=False), key="quantize_curve")
     else:
         model = variant.model
-        state.start_analysis(key, "bits curve", lambda j: bits_curve(
+        analyses.start(key, "bits curve", lambda j: bits_curve(
             model, data.eval, choice.symmetric, choice.per_channel, key[-1], calib, j.report, j.should_stop))
         st.info("Computing the accuracy-against-bits curve in the background…")
 
 
-@safety.fragment(run_every=1.0)
+@jobs.live
 def jobs_progress():
-    training_job_status("qat", "QAT", "Quantization-aware training", "qat_curve")
-    job_status("int8", "int8", what="The int8 build", done=lambda job: (
-        f"“{plain(job.result.name)}”: {accuracy(job.result.metrics.eval_accuracy)} · "
-        f"{job.result.settings['speedup_b256']}× faster than fp32 at batch 256 · "
-        f"{job.result.settings['int8_file_bytes'] / 1024:.0f} KiB .pt2. Joined the variants."))
+    jobs.training_status("qat", "QAT", "Quantization-aware training", "qat_curve")
+    jobs.status("int8", "int8", what="The int8 build", done=lambda made: (
+        f"“{plain(made[0].name)}”: {accuracy(made[0].metrics.eval_accuracy)} · "
+        f"{made[0].settings['speedup_b256']}× faster than fp32 at batch 256 · "
+        f"{made[0].settings['int8_file_bytes'] / 1024:.0f} KiB .pt2. Joined the variants."))
 
 
 def keep_it(variant, q_model, data, choice: Choice) -> None:
@@ -150,21 +149,18 @@ def keep_it(variant, q_model, data, choice: Choice) -> None:
     keep_button(k1, q_model, "quantized", settings, variant, name, data)
     epochs = k2.number_input("QAT epochs", 1, 20, 1, key="quantize_qat_epochs", disabled=is_float)
     if k2.button(f"QAT {epochs} epoch(s)", icon=":material/tune:", disabled=is_float):
-        train_set = data.train
-        state.submit("qat", f"QAT w{bits}", lambda j: qat_variant(
-            variant, bits, choice.symmetric, choice.per_channel, epochs, train_set, data.eval, j.report,
-            j.should_stop, a_bits=a_bits))
+        jobs.start("qat", f"QAT w{bits}", "qat", {
+            "data": data.spec(), "bits": bits, "symmetric": choice.symmetric, "per_channel": choice.per_channel,
+            "epochs": int(epochs), "a_bits": a_bits}, inputs={"parent": variant.id})
     k3.caption("Real int8 runs integer kernels (oneDNN through torch.compile): a first compile takes a minute.")
     if k3.button("Export real int8", icon=":material/memory:"):
-        train_set = data.train
-        state.submit("int8", "Real int8", lambda j: int8_variant(
-            variant, train_set, data.eval, j.report, j.should_stop, test_set=data.test if data.full else None))
+        jobs.start("int8", "Real int8", "int8", {"data": data.spec(test=True)}, inputs={"parent": variant.id})
     jobs_progress()
 
 
 def quantize_page() -> None:
     intro()
-    variant = state.require_current()
+    variant = workspace.require_current()
     lesson.restore("quantize", {"quantize_bits": 8, "quantize_mode": "symmetric",
                                 "quantize_granularity": "per-channel", "quantize_what": "weights",
                                 "quantize_abits": 8, "quantize_calib": "minmax"},

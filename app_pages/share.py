@@ -1,12 +1,10 @@
 import streamlit as st
 
-from compression.jobs import centroid_finetune
 from compression.packed_sizes import packed_breakdown, packed_summary
 from compression.share import K_CHOICES as CLUSTERS, codebooks
 from compression.views import histogram, layer_names, layer_weight, weight_range
-from ui import cached, charts, lesson, safety, state
+from ui import cached, charts, jobs, lesson, state, workspace
 from ui.format import accuracy, kib, ratio
-from ui.jobs import training_job_status
 from ui.keep import keep_button
 
 
@@ -54,9 +52,9 @@ def layers(variant, shared, weights: list[dict]) -> None:
                                     "Bits per nonzero weight, per layer", "bits"), key="share_bits")
 
 
-@safety.fragment(run_every=1.0)
+@jobs.live
 def progress():
-    training_job_status("share_ft", "Fine-tuning", "Centroid fine-tuning", "share_curve")
+    jobs.training_status("share_ft", "Fine-tuning", "Centroid fine-tuning", "share_curve")
 
 
 def keep_it(variant, shared, data, k: int) -> None:
@@ -65,16 +63,15 @@ def keep_it(variant, shared, data, k: int) -> None:
     keep_button(k1, shared, "shared", {"clusters": k}, variant, f"{variant.name.split(' (')[0]} k={k}", data)
     epochs = k2.number_input("Centroid fine-tune epochs", 1, 20, 1, key="share_epochs")
     if k2.button("Fine-tune the centroids", icon=":material/tune:"):
-        train_set = data.train
-        state.submit("share_ft", f"Fine-tune centroids (k={k})", lambda j: centroid_finetune(
-            variant, k, epochs, train_set, data.eval, j.report, j.should_stop))
+        jobs.start("share_ft", f"Fine-tune centroids (k={k})", "centroids", {
+            "data": data.spec(), "clusters": k, "epochs": int(epochs)}, inputs={"parent": variant.id})
     with k3:
         progress()
 
 
 def share_page() -> None:
     intro()
-    variant = state.require_current()
+    variant = workspace.require_current()
     lesson.restore("share", {"share_k": 16}, choices={"share_k": CLUSTERS})
     data = state.data_in_use()
     c1, c2 = st.columns([2, 1])

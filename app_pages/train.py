@@ -1,12 +1,8 @@
 import streamlit as st
 
-from compression.jobs import train_model
 from compression.models import ARCHS
-from compression.train import TrainConfig
-from compression.worker import RUNNING
-from ui import charts, safety, state
+from ui import charts, jobs, state
 from ui.format import accuracy, duration, plain
-from ui.jobs import job_status, start_job
 
 
 def intro() -> None:
@@ -32,37 +28,36 @@ def settings_form(data) -> None:
         start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
     if not start:
         return
-    config = TrainConfig(epochs=epochs, batch_size=batch, lr=lr)
-    train_set, eval_set = data.train, data.eval
-    start_job("train", f"Train {arch}", lambda j: train_model(arch, width, config, train_set, eval_set, j.report,
-                                                             j.should_stop),
-              "A training run of yours is already going: stop it first.")
+    jobs.start("train", f"Train {arch}", "train", {
+        "data": data.spec(), "arch": arch, "width": width,
+        "config": {"epochs": int(epochs), "batch_size": batch, "lr": lr}},
+        busy_message="A training run of yours is already going: stop it first.")
 
 
-def stopped(job) -> str:
-    kept = (f" The model as it was at epoch {job.result.settings.get('stopped_at_epoch', 0):g} joined the "
-            "variants.") if job.result is not None else ""
+def stopped(made) -> str:
+    kept = (f" The model as it was at epoch {made[0].settings.get('stopped_at_epoch', 0):g} joined the "
+            "variants.") if made else ""
     return f"Training was stopped.{kept}"
 
 
-@safety.fragment(run_every=1.0)
+@jobs.live
 def progress() -> None:
-    job, events = job_status("train", "train", what="Training", stopped=stopped, done=lambda job: (
-        f"Finished: “{plain(job.result.name)}” joined the variants with eval accuracy "
-        f"{accuracy(job.result.metrics.eval_accuracy)}. Pick it as the model in hand in the sidebar."))
-    if job is None:
+    record, points = jobs.status("train", "train", what="Training", stopped=stopped, done=lambda made: (
+        f"Finished: “{plain(made[0].name)}” joined the variants with eval accuracy "
+        f"{accuracy(made[0].metrics.eval_accuracy)}. Pick it as the model in hand in the sidebar."))
+    if record is None:
         st.info("No training run yet. Choose settings and press Start.")
         return
-    if job.status == RUNNING:
-        last = events[-1] if events else {}
+    if record.status == jobs.RUNNING:
+        last = record.progress
         c = st.columns(4)
         c[0].metric("Epoch", f"{last.get('epoch', 0):.2f}")
         c[1].metric("Images / s", f"{last.get('images_per_s', 0):.0f}")
         c[2].metric("Time left", duration(last.get("eta_s")))
-        tests = [e["test_acc"] for e in events if e.get("test_acc") is not None]
+        tests = [p["test_acc"] for p in points if p.get("test_acc") is not None]
         c[3].metric("Eval accuracy", accuracy(tests[-1] if tests else None))
-    if events:
-        st.plotly_chart(charts.training_curves(events, "Loss and accuracy"), key="train_curve")
+    if points:
+        st.plotly_chart(charts.training_curves(points, "Loss and accuracy"), key="train_curve")
 
 
 def train_page() -> None:

@@ -1,4 +1,5 @@
-"""Long-running work for the app's background worker (compression.worker), as plain functions.
+"""Long-running work, as plain functions: the tasks the job engine's workers run (compression/tasks.py)
+and the short analyses the app computes beside its pages (accuracy curves, sensitivity).
 
 Each takes `report(**fields)` to publish progress and `stop()` to ask whether to end early, and
 returns its result (usually a Variant). They call the library like the CLI does; none knows about

@@ -64,7 +64,7 @@ LAYERS = {
     3: {"metrics", "packed_sizes", "views", "analysis", "variant", "export", "pipelines", "card",  # variants, metrics
         "portable", "job_view", "store_errors", "store_schema", "store_jobs", "blobs", "model_cache", "store",
         "workspace_zip"},                                                              # and the store
-    4: {"jobs", "worker", "tasks", "runner", "engine"},                   # tasks and where they run
+    4: {"jobs", "tasks", "runner", "engine"},                             # tasks and where they run
     5: {"cli", "commands"},                                                            # the command line
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 from torch import nn
 
-from compression.prune import importance_scores, prune
+from compression.prune import FIRST_AND_LAST, importance_scores, prune
 from compression.structured import prune_filters
 from compression.data import ImageSet
 from compression.train import evaluate
@@ -32,6 +32,17 @@ def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module,
                _calib: ImageSet) -> tuple[nn.Module, float]:
     pruned = prune_filters(_model, ratio, criterion, calib=_calib)
     return pruned, evaluate(pruned, _eval).accuracy
+
+
+def pruned(variant_id: str, technique: str, settings: dict, model: nn.Module, eval_set: ImageSet,
+           calib: ImageSet) -> tuple[nn.Module, float]:
+    """The model the Prune page makes from these settings (its "pruned" or "filter-pruned" variant's
+    settings), with its eval accuracy: what the page shows and what a fine-tune job starts from."""
+    if technique == "filter-pruned":
+        return structured(variant_id, settings["criterion"], settings["ratio"], model, eval_set, calib)
+    exempt = FIRST_AND_LAST if settings["exempt"] == "first+last" else ()
+    return unstructured(variant_id, settings["method"], settings["scope"], exempt, settings["amount"], model,
+                        eval_set, calib)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

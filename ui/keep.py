@@ -1,5 +1,5 @@
-"""The "Keep this variant" button every technique page has: the model on screen joins the session's
-variants, measured like every other (size, accuracy, CPU latency)."""
+"""The "Keep this variant" button every technique page has: the model on screen joins the workspace's
+variants for good (the store), measured like every other (size, accuracy, CPU latency)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -7,21 +7,22 @@ from torch import nn
 
 from compression.variant import Variant, measure_variant
 
-from . import state
+from . import state, workspace
 from .format import accuracy, plain
 
 
 def keep_button(where, model: nn.Module, technique: str, settings: dict, parent: Variant, name: str,
-                data: state.DataInUse) -> Variant | None:
+                data: state.DataInUse) -> str | None:
     """Draw the button in `where` (a column or st); when pressed, measure `model` (eval subset, the full
-    test set when the data in use has it, latency) as a child of `parent` and add it to the variants."""
+    test set when the data in use has it, latency) as a child of `parent` and keep it in the workspace.
+    Returns the kept variant's id."""
     if not where.button("Keep this variant", icon=":material/bookmark_add:", type="primary"):
         return None
     with st.spinner("Measuring size, accuracy and CPU latency…"):
         variant = measure_variant(model, technique, settings, parent, name=name, eval_set=data.eval,
                                   test_set=data.test if data.full else None, latency=True)
-    state.add_variant(variant)
+        variant_id = workspace.keep(variant)
     st.success(f"Kept “{plain(variant.name)}”: {accuracy(variant.metrics.eval_accuracy)}, "
                f"{variant.metrics.compression_ratio:.1f}× smaller (packed). Find it on Compare & Download or pick "
                "it as the model in hand.")
-    return variant
+    return variant_id

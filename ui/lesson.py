@@ -1,5 +1,6 @@
 """Lesson links: each page's settings live in the URL, so a teacher can send a link that opens the page
-at the right sliders. Also keeps a page's settings when students visit other pages and come back
+at the right sliders. The browser's URL also carries the workspace token (?ws=…); the lesson link to
+copy does not, so a student who opens it works in a workspace of their own. Also keeps a page's settings when students visit other pages and come back
 (Streamlit forgets the state of widgets that are not on screen)."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import streamlit as st
 from .format import plain
 
 MAX_VALUE_CHARS = 32     # every setting a link carries is a short word or number
+KEPT = ("ws",)           # URL parameters that are not the page's: the workspace token (ui/workspace.py)
 
 def _param(page: str, key: str) -> str:
     return key[len(page) + 1:] if key.startswith(page + "_") else key
@@ -60,7 +62,8 @@ def link(container, page: str, keys: list[str]) -> str:
             value = st.session_state[key]
             st.session_state[f"_keep_{key}"] = value
             params[_param(page, key)] = str(value).lower() if isinstance(value, bool) else str(value)
-    st.query_params.from_dict(params)
+    kept = {key: st.query_params[key] for key in KEPT if key in st.query_params}
+    st.query_params.from_dict({**params, **kept})      # the lesson link itself never carries a workspace
     base = (st.context.url or "").split("?")[0] or f"http://localhost:8501/{page}"
     url = f"{base}?{urlencode(params)}"
     with container.popover("Copy lesson link", icon=":material/link:"):

@@ -1,8 +1,9 @@
 """The safety net: whatever goes wrong in a page, the sidebar or a fragment, the student sees a message
 they can act on, never a traceback, and nothing already kept is lost.
 
-Errors a user can cause (a bad file, missing data) are DataError / ModelFileError and say what to do;
-their message is shown as plain text. Anything else is a bug: the page says so in one line and the
+Errors a user can cause (a bad file, missing data) are DataError / ModelFileError, the workspace store's
+faults (a newer database, a locked one, a full disk, a missing weights file, a bad link) StoreError, and
+a job the engine does not take JobRefused; each says what to do, and its message is shown as plain text. Anything else is a bug: the page says so in one line and the
 traceback goes to the server's log. Streamlit's own control flow (st.rerun, st.stop) passes through:
 it raises BaseExceptions, which `except Exception` does not catch.
 """
@@ -15,17 +16,25 @@ import streamlit as st
 
 from compression.data import DataError
 from compression.files import ModelFileError
+from compression.job_view import JobRefused
+from compression.store_errors import StoreError
 
 from .format import plain
 
 log = logging.getLogger("playground")
+EXPECTED = (DataError, ModelFileError, StoreError, JobRefused)
+
+
+def reason(exc: Exception) -> str:
+    """What went wrong, in the student's words: an expected error's own message, else one line."""
+    if isinstance(exc, EXPECTED):
+        return str(exc).strip() or type(exc).__name__
+    return f"an unexpected error ({type(exc).__name__}); it has been written to the server's log"
 
 
 def message(exc: Exception) -> str:
-    """What to tell the student about `exc`, as plain text."""
-    if isinstance(exc, (DataError, ModelFileError)):
-        return plain(str(exc).strip() or type(exc).__name__)
-    return f"an unexpected error ({type(exc).__name__}); it has been written to the server's log"
+    """reason(exc), made safe to show as Markdown."""
+    return plain(reason(exc))
 
 
 def show_error(exc: Exception, where: str = "This page") -> None:

@@ -1,45 +1,57 @@
-"""The sidebar on every page: the model in hand, the data in use, and background jobs."""
+"""The sidebar on every page: the model in hand, the data in use, the workspace's jobs and its link."""
 from __future__ import annotations
+
+import time
 
 import streamlit as st
 
 from compression import data as D
-from compression.worker import RUNNING
 
-from . import safety, state
+from . import analyses, jobs, safety, state, workspace
 from .format import accuracy, kib, plain
 
 
 def render() -> None:
-    state.set_page_threads()
-    for v in state.collect_finished_jobs():
-        st.toast(f"“{plain(v.name)}” joined the variants.")
+    jobs.set_page_threads()
+    announce_finished_jobs()
     with st.sidebar:
         model_in_hand()
         st.divider()
         data_picker()
-        jobs()
+        running()
+        st.divider()
+        workspace.sidebar()
+
+
+def announce_finished_jobs() -> None:
+    """A toast, once per session, for each job that ended since the session began with variants made."""
+    since = st.session_state.setdefault("_session_started", time.time())
+    told = st.session_state.setdefault("_announced", set())
+    for record in jobs.records(limit=5):
+        if record.id not in told and record.result and (record.finished or 0) >= since:
+            told.add(record.id)
+            st.toast(f"“{plain(record.title)}” finished: {len(record.result)} variant(s) joined your workspace.")
 
 
 def model_in_hand() -> None:
-    book = state.book()
+    records = workspace.variants()
     st.subheader("Model in hand")
-    if not len(book):
+    if not records:
         st.error("No model is available: the pretrained weights in assets/ are missing. "
                  "Train one on the Train page, or upload one on Compare & Download.")
         return
-    ids = [v.id for v in book]
-    current = state.current()
-    labels = {v.id: f"{v.name} · {accuracy(v.metrics.eval_accuracy)}" for v in book}
-    choice = st.selectbox("Model in hand", ids, index=ids.index(current.id), format_func=labels.get,
+    ids = [r.id for r in records]
+    current = workspace.current_id()
+    labels = {r.id: f"{r.name} · {accuracy(r.metrics.eval_accuracy)}" for r in records}
+    choice = st.selectbox("Model in hand", ids, index=ids.index(current), format_func=lambda i: labels[i],
                           label_visibility="collapsed", key="model_in_hand_select")
-    if choice != current.id:
-        state.set_current(choice)
-        current = state.current()
-    m = current.metrics
+    if choice != current:
+        workspace.set_current(choice)
+    record = records[ids.index(choice)]
+    m = record.metrics
     smaller = f"{m.compression_ratio:.1f}× smaller than dense fp32" if m.compression_ratio >= 1.05 else "not compressed yet"
     st.markdown(f"**{accuracy(m.eval_accuracy)}** eval accuracy  \n**{kib(m.bytes_packed)}** packed, {smaller}")
-    st.caption(f"{plain(current.recipe)} · sparsity {100 * m.sparsity:.1f} % · "
+    st.caption(f"{plain(record.as_variant().recipe)} · sparsity {100 * m.sparsity:.1f} % · "
                f"{m.nonzero_params:,} nonzero of {m.params:,} parameters")
 
 
@@ -71,42 +83,49 @@ def data_picker() -> None:
     st.caption(f"In use: {plain(data.label)} — {n_train:,} training, {len(data.test):,} test images.")
 
 
+def download_key() -> tuple:
+    """One download per server and folder, whichever session asks."""
+    return ("download", str(D.resolve_root()))
+
+
 def download_button() -> None:
-    job = state.job("download")
-    if job is not None and job.active:
+    task = analyses.task(download_key())
+    if task is not None and task.active:
         download_progress()
         return
-    if job is not None and job.error:
-        st.error(f"Download failed: {job.error}")
+    if task is not None and task.error:
+        st.error(f"Download failed: {plain(task.error)}")
     if st.button("Download CIFAR-10", icon=":material/download:", width="stretch"):
         root = D.resolve_root()
-        state.submit("download", "Download CIFAR-10",
-                     lambda j: D.download_cifar10(root, progress=lambda d, t: j.report(done=d, total=t)),
-                     queue=state.analysis_queue())
+        analyses.start(download_key(), "Download CIFAR-10", lambda t: D.download_cifar10(
+            root, progress=lambda done, total: t.report(done=done, total=total)))
         st.rerun()
 
 
-@safety.fragment(run_every=1.0)
+@safety.fragment(run_every=jobs.POLL_S)      # drawn only while the download runs
 def download_progress() -> None:
-    job = state.job("download")
-    if job is None or not job.active:
+    task = analyses.task(download_key())
+    if task is None or not task.active:
         st.rerun()          # finished: redraw the whole page with the new data choice
-    last = job.latest() or {}
+    last = task.latest() or {}
     done, total = last.get("done", 0), last.get("total", 0) or 170_498_071
     st.progress(min(1.0, done / total), text=f"Downloading… {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
 
-def jobs() -> None:
-    mine = [j for j in state.job_queue().jobs(state.owner()) if j.active]
-    if not mine:
+def running() -> None:
+    """The workspace's job that waits or runs, whichever page started it."""
+    record = jobs.active()
+    if record is None:
         return
     st.divider()
     st.subheader("Running")
-    q = state.job_queue()
-    for j in mine:
-        if j.status == RUNNING:
-            last = j.latest() or {}
-            pct = last.get("step", 0) / max(1, last.get("total_steps", 1))
-            st.progress(min(1.0, pct), text=f"{j.title}: {100 * pct:.0f} %")
-        else:
-            st.caption(f"{j.title}: waiting, place {q.position(j)} in the queue")
+    if record.status == jobs.RUNNING:
+        last = record.progress
+        pct = last.get("step", 0) / max(1, last.get("total_steps", 1))
+        st.progress(min(1.0, pct), text=f"{plain(record.title)}: {100 * pct:.0f} %")
+    elif record.active:
+        view = jobs.recorder().engine_job(record.id)
+        place = f"place {view.position}" if view is not None and view.position else "waiting"
+        st.caption(f"{plain(record.title)}: waiting, {place} in the line")
+    else:
+        st.caption(f"{plain(record.title)}: stopping…")
