@@ -43,8 +43,10 @@ def stop_background_work():
     """Analyses the pages started (accuracy curves) would otherwise go on computing in this process,
     slowing every test after this file."""
     yield
-    from compression.worker import shutdown_all
-    shutdown_all()
+    from ui import analyses, jobs
+    analyses.pool().shutdown()
+    jobs.engine().close()
+    jobs.engine.clear()
 
 
 @pytest.fixture
@@ -71,8 +73,27 @@ def chart_titles(at) -> list[str]:
     return [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
 
 
+def store():
+    """The app's workspace store (one per server process: AppTest runs the app in this process)."""
+    from ui import workspace
+    return workspace.store()
+
+
+def my_workspace(at):
+    return at.session_state["_workspace"][1]
+
+
+def kept(at) -> list:
+    """The records of every variant the session's workspace sees, pretrained first, as the store has them."""
+    return store().variants(my_workspace(at))
+
+
 def model_in_hand(at):
-    return at.session_state["book"].get(at.session_state["current"]).model
+    return store().model(my_workspace(at), at.session_state["current"])
+
+
+def pretrained(at, arch: str):
+    return next(r for r in kept(at) if r.builtin and r.settings["arch"] == arch)
 
 
 def test_overview_shows_the_model_in_hand(app):
@@ -117,9 +138,13 @@ def test_keep_adds_a_variant_to_the_table(app):
     assert any("pruned 70%" in n for n in names)
 
 
-def wait_until_finished(job, timeout_s=300):
+def wait_for_job(at, kind, timeout_s=300):
+    """The workspace's newest `kind` job, once it has ended (read from the store, as a reloaded page would)."""
     deadline = time.time() + timeout_s
-    while job.active and time.time() < deadline:
+    while True:
+        record = next(r for r in store().jobs.list(my_workspace(at)) if r.kind == kind)
+        if not record.active or time.time() > deadline:
+            return record
         time.sleep(1)
 
 
@@ -129,19 +154,19 @@ def test_training_one_epoch_on_the_sample_joins_the_table(app):
     app.form_submit_button[0].click()   # Start training (resnet8, 1 epoch on the 5,000 sample images)
     app.run()
     assert not app.exception
-    job = app.session_state["jobs"]["train"]
-    wait_until_finished(job)
+    job = wait_for_job(app, "train")
     assert job.status == "done", job.error
     goto(app, "compare")
     names = list(app.dataframe[0].value["name"])
     assert any(n.startswith("resnet8 trained (1 ep)") for n in names), names
-    accuracy = job.result.metrics.eval_accuracy
+    (made,) = job.result
+    accuracy = store().variant(my_workspace(app), made).metrics.eval_accuracy
     assert accuracy > 0.2, "one epoch on 5,000 real images must beat chance (10 %) clearly"
 
 
 def test_downloads_reload_to_the_same_accuracy(app):
     from compression.data import eval_subset, load_sample
-    from compression.export import downloads
+    from compression.export import safetensors_bytes
     from compression.files import load_any_bytes
     from compression.train import evaluate
 
@@ -149,11 +174,15 @@ def test_downloads_reload_to_the_same_accuracy(app):
     app.slider(key="prune_ratio").set_value(60).run()
     next(b for b in app.button if b.label == "Keep this variant").click().run()
     goto(app, "compare")
-    variant = list(app.session_state["book"])[-1]
+    record = kept(app)[-1]
+    assert "pruned 60%" in record.name
+    ws = my_workspace(app)
     ev = eval_subset(load_sample()[1])
-    for label, ext, make in downloads(variant):
-        model, _ = load_any_bytes(make(), f"download.{ext}")
-        assert evaluate(model, ev).accuracy == variant.metrics.eval_accuracy, label
+    made = {"cmpk": store().weights(ws, record.id),              # what the page's Download buttons send
+            "safetensors": safetensors_bytes(record.as_variant(store().model(ws, record.id)))}
+    for ext, data in made.items():
+        model, _ = load_any_bytes(data, f"download.{ext}")
+        assert evaluate(model, ev).accuracy == record.metrics.eval_accuracy, ext
 
 
 @pytest.mark.parametrize("name,content", [
@@ -163,11 +192,11 @@ def test_downloads_reload_to_the_same_accuracy(app):
 ])
 def test_bad_uploads_show_an_error_not_an_exception(app, name, content):
     goto(app, "compare")
-    before = len(app.session_state["book"])
+    before = [r.id for r in kept(app)]
     app.file_uploader(key="upload_file").set_value((name, content, "application/octet-stream")).run()
     assert not app.exception
     assert app.error and name in app.error[0].value
-    assert len(app.session_state["book"]) == before, "nothing is lost, nothing half-added"
+    assert [r.id for r in kept(app)] == before, "nothing is lost, nothing half-added"
 
 
 def test_nan_upload_is_refused(app):
@@ -182,11 +211,11 @@ def test_nan_upload_is_refused(app):
 
 def test_good_upload_is_evaluated_and_added(app):
     goto(app, "compare")
-    before = len(app.session_state["book"])
+    before = len(kept(app))
     data = state_dict_bytes(create_model("resnet8"), {"arch": "resnet8"})
     app.file_uploader(key="upload_file").set_value(("mine.safetensors", data, "application/octet-stream")).run()
     assert not app.exception and not app.error
-    assert len(app.session_state["book"]) == before + 1
+    assert [r.name for r in kept(app)[before:]] == ["mine.safetensors (uploaded)"]
 
 
 def test_missing_data_folder_is_a_message_and_the_sample_stays(app, tmp_path, monkeypatch):
@@ -239,7 +268,7 @@ def test_temperature_raises_the_entropy_of_the_teachers_answer(app):
     from ui.state import gallery
 
     goto(app, "distill")
-    teacher = app.session_state["book"].get("pretrained-resnet20").model
+    teacher = store().model(my_workspace(app), pretrained(app, "resnet20").id)
     entropies = []
     for t in (1.0, 4.0, 10.0):
         app.slider(key="distill_T").set_value(t).run()
@@ -262,8 +291,8 @@ def test_clusters_slider_bounds_the_distinct_values(app):
     for k in (4, 16):
         app.select_slider(key="share_k").set_value(k).run()
         assert not app.exception
-        variant = app.session_state["book"].get(app.session_state["current"])
-        shared, _ = cached.shared(variant.id, k, variant.model, None)
+        variant_id = app.session_state["current"]
+        shared, _ = cached.shared(variant_id, k, model_in_hand(app), None)
         for name in layer_names(shared):
             assert distinct_values(shared, name) <= k + 1     # k centroids, and zero if pruned
         assert metric(app, "Packed size") == kib(len(pack_model(shared)))
@@ -276,8 +305,7 @@ def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
     app.slider(key="pipeline_sparsity").set_value(80).run()
     app.number_input(key="pipeline_ft").set_value(0).run()
     next(b for b in app.button if b.label.startswith("Run Deep Compression")).click().run()
-    job = app.session_state["jobs"]["pipeline"]
-    wait_until_finished(job)
+    job = wait_for_job(app, "pipeline")
     assert job.status == "done", job.error
     app.run()
     assert any(s.value == "Deep Compression finished: 2 variants joined the table." for s in app.success)
@@ -389,11 +417,11 @@ def test_an_upload_far_larger_than_the_app_makes_is_refused_at_once(app):
     from helpers import zero_packed
 
     goto(app, "compare")
-    before = len(app.session_state["book"])
+    before = [r.id for r in kept(app)]
     app.file_uploader(key="upload_file").set_value(("huge.cmpk", zero_packed("resnet56", 8.0), "x")).run()
     assert not app.exception
     assert "largest model this app evaluates" in app.error[0].value
-    assert len(app.session_state["book"]) == before
+    assert [r.id for r in kept(app)] == before
 
 
 def test_a_failing_fragment_shows_a_message_not_a_traceback(tmp_path, monkeypatch):
