@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ("app_fixtures",)      # the app tests' fixtures (tests/app_fixtures.py)
+
 
 def pytest_configure(config):
     # The app's workspace store (ui/workspace.py) writes to PLAYGROUND_HOME: tests never touch the user's
