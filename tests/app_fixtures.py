@@ -93,11 +93,16 @@ def pretrained(at, arch: str):
     return next(r for r in kept(at) if r.builtin and r.settings["arch"] == arch)
 
 
-def wait_for_job(at, kind, timeout_s=300):
-    """The workspace's newest `kind` job, once it has ended (read from the store, as a reloaded page would)."""
+def finished_job(workspace, kind, timeout_s=300):
+    """The workspace's newest `kind` job once it has ended, read from the store as a reloaded page would
+    (no tab needs to be open meanwhile)."""
     deadline = time.time() + timeout_s
     while True:
-        record = next(r for r in store().jobs.list(my_workspace(at)) if r.kind == kind)
+        record = next(r for r in store().jobs.list(workspace) if r.kind == kind)
         if not record.active or time.time() > deadline:
             return record
         time.sleep(1)
+
+
+def wait_for_job(at, kind, timeout_s=300):
+    return finished_job(my_workspace(at), kind, timeout_s)
