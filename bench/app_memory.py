@@ -99,6 +99,17 @@ def measure(workspaces: int, per: int) -> dict:
     return out
 
 
+def report(r: dict) -> str:
+    """The figures as the Markdown rows docs/STORE.md shows."""
+    cells = (r["rss_idle_mb"], r["rss_after_mb"], r["difference_mb"], r["peak_mb"])
+    return "\n".join([
+        f"{r['workspaces'] * r['per_workspace']} variants kept in {r['workspaces']} workspaces ({r['sessions_open']} "
+        f"sessions open); load average {r['load_before']} before, {r['load_after']} after",
+        "| RSS idle (MB) | RSS after (MB) | difference (MB) | peak (MB) |",
+        "|" + " ---: |" * len(cells),
+        "| " + " | ".join(f"{c:.0f}" for c in cells) + " |"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workspaces", type=int, default=5)
@@ -108,15 +119,8 @@ def main() -> None:
     if not Path(CHROMIUM).exists():
         sys.exit("needs Debian's chromium (apt-get install chromium) and playwright (requirements-test.txt)")
     os.chdir(ROOT)
-    r = measure(args.workspaces, args.per_workspace)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
-    print(f"{r['workspaces'] * r['per_workspace']} variants kept in {r['workspaces']} workspaces "
-          f"({r['sessions_open']} sessions open); load average {r['load_before']} before, {r['load_after']} after")
-    print("| RSS idle (MB) | RSS after (MB) | difference (MB) | peak (MB) |")
-    print("| ---: | ---: | ---: | ---: |")
-    print(f"| {r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['difference_mb']:.0f} | {r['peak_mb']:.0f} |")
+    figures = measure(args.workspaces, args.per_workspace)
+    print(json.dumps(figures, indent=2) if args.json else report(figures))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def pretrained(at, arch: str):
     return next(r for r in kept(at) if r.builtin and r.settings["arch"] == arch)
 
 
-def finished_job(workspace, kind, timeout_s=300):
+def finished_job(workspace, kind, timeout_s=1800):
     """The workspace's newest `kind` job once it has ended, read from the store as a reloaded page would
     (no tab needs to be open meanwhile)."""
     deadline = time.time() + timeout_s
@@ -104,5 +104,5 @@ def finished_job(workspace, kind, timeout_s=300):
         time.sleep(1)
 
 
-def wait_for_job(at, kind, timeout_s=300):
+def wait_for_job(at, kind, timeout_s=1800):
     return finished_job(my_workspace(at), kind, timeout_s)

@@ -14,6 +14,8 @@ import pytest
 from test_browser import CHROMIUM, ROOT, free_port, no_exceptions, settle, start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PAGE_MS = 300_000                # hang guards on a busy machine, not speed checks
+JOB_MS = 900_000                 # a hang guard for the training job on a busy machine, not a speed check
 CURVE_POINTS = "() => { const c = document.querySelector('.js-plotly-plot'); return c && c.data ? c.data[0].x.length : 0 }"
 
 
@@ -63,8 +65,8 @@ def shots() -> Path:
 def visit(context, url: str, marker: str):
     page = context.new_page()
     page.goto(url)
-    page.get_by_text(marker).first.wait_for(timeout=120_000)
-    settle(page)
+    page.get_by_text(marker).first.wait_for(timeout=PAGE_MS)
+    settle(page, timeout_s=300)
     no_exceptions(page)
     return page
 
@@ -73,8 +75,8 @@ def keep(page) -> str:
     """Press "Keep this variant"; returns the name the page says it kept."""
     page.get_by_role("button", name="Keep this variant").click()
     kept = page.get_by_text("Kept “").first
-    kept.wait_for(timeout=120_000)
-    settle(page)
+    kept.wait_for(timeout=PAGE_MS)
+    settle(page, timeout_s=300)
     return kept.inner_text().split("“")[1].split("”")[0]
 
 
@@ -105,18 +107,18 @@ def test_kept_variants_and_jobs_survive_reloads_new_devices_and_restarts(browser
     names = [keep(page)]
     page.screenshot(path=str(shots / "workspace-1-kept-on-prune.png"))
     page.goto(f"{server.url}/quantize?ws={token}")
-    page.get_by_text("Keep it").first.wait_for(timeout=120_000)
-    settle(page)
+    page.get_by_text("Keep it").first.wait_for(timeout=PAGE_MS)
+    settle(page, timeout_s=300)
     names.append(keep(page))
     page.screenshot(path=str(shots / "workspace-2-kept-on-quantize.png"))
     assert len(set(names)) == 2, names
 
     # Reload (F5) on Compare & Download: both are there.
     page.goto(f"{server.url}/compare?ws={token}")
-    page.get_by_text("Upload a model").first.wait_for(timeout=120_000)
+    page.get_by_text("Upload a model").first.wait_for(timeout=PAGE_MS)
     page.reload()
-    page.get_by_text("Upload a model").first.wait_for(timeout=120_000)
-    settle(page)
+    page.get_by_text("Upload a model").first.wait_for(timeout=PAGE_MS)
+    settle(page, timeout_s=300)
     assert listed(page, names) == names
     link = workspace_link(page)
     assert link.endswith(f"?ws={token}") and link.startswith(server.url)
@@ -147,30 +149,35 @@ def test_kept_variants_and_jobs_survive_reloads_new_devices_and_restarts(browser
     assert evaluate(model, eval_subset(load_sample()[1])).accuracy == record.metrics.eval_accuracy
     page.screenshot(path=str(shots / "workspace-5-after-restart.png"))
 
-    # A 1-epoch training run (resnet8 on the bundled sample), reloaded while it runs.
+    # A 1-epoch training run (resnet8 at width 0.25 on the bundled sample), reloaded while it runs.
     page.goto(f"{server.url}/train?ws={token}")
-    page.get_by_text("Train a model").first.wait_for(timeout=120_000)
-    settle(page)
+    page.get_by_text("Train a model").first.wait_for(timeout=PAGE_MS)
+    settle(page, timeout_s=300)
+    width = page.get_by_role("slider").first              # 1.0 -> 0.25, as a student would with the keyboard
+    width.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    assert width.get_attribute("aria-valuetext") == "0.25"
     page.get_by_label("Epochs").fill("1")
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_function(f"({CURVE_POINTS})() >= 1", timeout=180_000)
+    page.wait_for_function(f"({CURVE_POINTS})() >= 1", timeout=JOB_MS)
     page.screenshot(path=str(shots / "workspace-6-training.png"))
     page.reload()
-    page.get_by_text("Train a model").first.wait_for(timeout=120_000)
+    page.get_by_text("Train a model").first.wait_for(timeout=PAGE_MS)
     page.wait_for_function(f"({CURVE_POINTS})() >= 1", timeout=60_000)       # redrawn from the store
     seen = page.evaluate(CURVE_POINTS)
     page.screenshot(path=str(shots / "workspace-7-training-after-reload.png"))
     page.wait_for_function(f"({CURVE_POINTS})() > {seen} || document.body.innerText.includes('Finished: “')",
-                           timeout=180_000)
+                           timeout=JOB_MS)
     finished = page.get_by_text("Finished: “resnet8 trained (1 ep)” joined the variants")
-    finished.wait_for(timeout=180_000)
+    finished.wait_for(timeout=JOB_MS)
     assert page.evaluate(CURVE_POINTS) > seen, "the curve kept growing after the reload"
-    settle(page)
+    settle(page, timeout_s=300)
     no_exceptions(page)
     page.screenshot(path=str(shots / "workspace-8-training-finished.png"))
     page.goto(f"{server.url}/compare?ws={token}")
-    page.get_by_text("Upload a model").first.wait_for(timeout=120_000)
-    settle(page)
+    page.get_by_text("Upload a model").first.wait_for(timeout=PAGE_MS)
+    settle(page, timeout_s=300)
     assert listed(page, names + ["resnet8 trained (1 ep)"]) == names + ["resnet8 trained (1 ep)"]
     page.screenshot(path=str(shots / "workspace-9-trained-variant-on-compare.png"), full_page=True)
     again.close()
