@@ -3,20 +3,22 @@
     python bench/app_memory.py [--workspaces 5] [--per-workspace 4] [--json]
 
 App level: a real `streamlit run app.py` on a free port, with a fresh store in a temporary
-PLAYGROUND_HOME, driven by Chromium (Playwright) as students would drive it:
+PLAYGROUND_HOME, visited by Chromium (Playwright):
 
 1. idle: one visit of the Overview page (the server has opened the store and loaded and measured the
    pretrained models), that tab closed — the server's RSS;
-2. load: 5 students, each in a browser context of their own (so a workspace of their own): on the Prune
-   page each keeps 4 variants of resnet20 (magnitude pruning at 20, 40, 60, 80 %, set by the page's
-   lesson-link parameter `ratio`), then opens Compare & Download, which lists them with their downloads,
-   all in one tab that stays open (5 live sessions at the end). The server's RSS after, and its peak
-   (VmHWM).
+2. load: this script keeps 4 variants of the pretrained resnet20 (magnitude pruning at 20, 40, 60, 80 %)
+   in each of 5 new workspaces, through the store library on the server's PLAYGROUND_HOME (as the
+   server's own "Keep" would; making them in the browser costs minutes of CPU per variant on a busy
+   machine and is not what is measured). Then 5 students, each in a browser context of their own, open
+   their workspace link on Compare & Download, which lists the variants, and download each variant's
+   safetensors file, which makes the server load its model through the store's model cache. The 5 tabs
+   stay open. The server's RSS after, and its peak (VmHWM).
 
-RSS is the resident memory of the server process and of every process it started (none here: keeping
-variants runs no job, so the local cluster stays unstarted), read from /proc. The load average
-(/proc/loadavg) is printed before and after: the figures are memory, not time, but say how busy the
-machine was.
+RSS is the resident memory of the server process and every process it started (none here: no job
+runs, so the local cluster stays unstarted), read with psutil (a dependency of distributed). The
+load average (/proc/loadavg) is printed before and after: the figures are memory, not time, but say how
+busy the machine was.
 """
 import argparse
 import json
@@ -49,28 +51,49 @@ def loadavg() -> str:
 
 
 def visit(page, url: str, marker: str):
-    page.goto(url, timeout=300_000)
-    page.get_by_text(marker).first.wait_for(timeout=300_000)
-    settle(page, timeout_s=300)
+    page.goto(url, timeout=600_000)
+    page.get_by_text(marker).first.wait_for(timeout=600_000)
+    settle(page, timeout_s=600)
     return page
 
 
-def student(browser, url: str, ratios):
-    """One student in one tab: a workspace of their own, a variant kept per ratio, then Compare &
-    Download. Returns the tab's context, left open."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1600})
-    page = visit(context.new_page(), f"{url}/prune?ratio={ratios[0]}", "How far can we go?")
-    token = page.url.split("ws=")[1].split("&")[0]
-    for i, ratio in enumerate(ratios):
-        if i:
-            visit(page, f"{url}/prune?ws={token}&ratio={ratio}", "How far can we go?")
-        page.get_by_role("button", name="Keep this variant").click()
-        page.get_by_text("Kept “").first.wait_for(timeout=300_000)
-    visit(page, f"{url}/compare?ws={token}", "Upload a model")
+def keep_variants(home: str, workspaces: int, per: int) -> list[tuple[str, list[str]]]:
+    """(token, names) of `workspaces` new workspaces, each keeping `per` pruned resnet20s."""
+    from compression.files import load_model
+    from compression.metrics import measure
+    from compression.prune import prune
+    from compression.store import open_store
+    from compression.variant import Variant
+
+    base, _ = load_model(ROOT / "assets" / "resnet20.safetensors")
+    out = []
+    with open_store(home) as store:
+        parent = next(r for r in store.variants(store.create_workspace()[0]) if r.settings.get("arch") == "resnet20")
+        for w in range(workspaces):
+            workspace, token = store.create_workspace()
+            names = []
+            for ratio in RATIOS[:per]:
+                model = prune(base, ratio / 100 + w / 1000)        # every variant different
+                names.append(f"student {w} pruned {ratio}%")
+                store.keep(workspace, Variant(names[-1], model, "pruned", {"amount": ratio / 100 + w / 1000},
+                                              parent.id, measure(model)))
+            out.append((token, names))
+    return out
+
+
+def student(browser, url: str, token: str, names: list[str]):
+    """One student's tab: Compare & Download, then each variant's safetensors download (the server
+    loads the model to write it). Returns the tab's context, left open."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
+    page = visit(context.new_page(), f"{url}/compare?ws={token}", "Upload a model")
+    for name in names:
+        card = page.locator('[data-testid="stVerticalBlockBorderWrapper"]', has=page.get_by_text(name, exact=True))
+        with page.expect_download(timeout=600_000):
+            card.get_by_role("button", name="Weights (.safetensors)").click()
     return context
 
 
-def measure(workspaces: int, per: int) -> dict:
+def run(workspaces: int, per: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     home = tempfile.mkdtemp(prefix="app-memory-")
@@ -86,14 +109,14 @@ def measure(workspaces: int, per: int) -> dict:
             first.close()
             time.sleep(5)
             out["rss_idle_mb"], _ = rss_mb(server.pid)
-            held = [student(browser, url, RATIOS[:per]) for _ in range(workspaces)]
+            held = [student(browser, url, token, names) for token, names in keep_variants(home, workspaces, per)]
             time.sleep(5)
             out["rss_after_mb"], out["peak_mb"] = rss_mb(server.pid)
             out["sessions_open"] = len(held)
             browser.close()
     finally:
         server.terminate()
-        server.wait(30)
+        server.wait(60)
     out["difference_mb"] = out["rss_after_mb"] - out["rss_idle_mb"]
     out["load_after"] = loadavg()
     return out
@@ -119,7 +142,7 @@ def main() -> None:
     if not Path(CHROMIUM).exists():
         sys.exit("needs Debian's chromium (apt-get install chromium) and playwright (requirements-test.txt)")
     os.chdir(ROOT)
-    figures = measure(args.workspaces, args.per_workspace)
+    figures = run(args.workspaces, args.per_workspace)
     print(json.dumps(figures, indent=2) if args.json else report(figures))
 
 

@@ -7,6 +7,7 @@ there, and a download reloads to the accuracy it is listed with. Start a 1-epoch
 during it: its live curve is redrawn from the store and keeps growing, and its model arrives as a
 variant. A screenshot of each step goes to $SCREENSHOT_DIR (default out/screenshots), workspace-*.png."""
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,15 @@ class Server:
         self.proc = start_server(self.port, self.env)
 
     def stop(self) -> None:
+        """Ctrl-C's signal; a server still finishing its background work a minute later is killed (a
+        restart must keep everything either way)."""
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(30)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
             self.proc = None
 
 
