@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_browser import CHROMIUM, free_port, settle, start_server  # noqa: E402
 
 RATIOS = (20, 40, 60, 80, 90, 95)
