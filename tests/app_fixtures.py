@@ -37,7 +37,7 @@ def new_app(assets, monkeypatch, **query):
 
     monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
     monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900)   # a hang guard for a busy machine
     at.query_params.update(query)
     return at
 
