@@ -87,7 +87,8 @@ def student(browser, url: str, token: str, names: list[str]):
     context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
     page = visit(context.new_page(), f"{url}/compare?ws={token}", "Upload a model")
     for name in names:
-        card = page.locator('[data-testid="stVerticalBlockBorderWrapper"]', has=page.get_by_text(name, exact=True))
+        card = page.locator('[data-testid="stVerticalBlock"]', has=page.get_by_text(name, exact=True)).filter(
+            has=page.get_by_role("button", name="Weights (.safetensors)")).last      # the innermost: the variant's card
         with page.expect_download(timeout=600_000):
             card.get_by_role("button", name="Weights (.safetensors)").click()
     return context

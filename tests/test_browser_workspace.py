@@ -145,7 +145,8 @@ def test_kept_variants_and_jobs_survive_reloads_new_devices_and_restarts(browser
     again = browser.new_context(viewport={"width": 1500, "height": 2000}, accept_downloads=True)
     page = visit(again, link, "Upload a model")
     assert listed(page, names) == names
-    card = page.locator('[data-testid="stVerticalBlockBorderWrapper"]', has=page.get_by_text(names[0], exact=True))
+    card = page.locator('[data-testid="stVerticalBlock"]', has=page.get_by_text(names[0], exact=True)).filter(
+            has=page.get_by_role("button", name="Packed (.cmpk)")).last      # the innermost: the variant's card
     with page.expect_download() as info:
         card.get_by_role("button", name="Packed (.cmpk)").click()
     path = tmp_path / info.value.suggested_filename
