@@ -171,7 +171,8 @@ def test_a_training_run_is_found_after_a_reload_and_finishes_with_no_tab_open(as
     start_training(at)
     del at                                                     # the tab is closed
     deadline = time.time() + 300
-    while not store().jobs.list(workspace)[0].curve and time.time() < deadline:
+    while not any(p.get("phase") == "train" for p in store().jobs.list(workspace)[0].curve) \
+            and time.time() < deadline:                        # the first training points are stored
         time.sleep(0.5)
     reload = new_app(assets, monkeypatch, ws=token)
     goto(reload, "train")
@@ -268,7 +269,8 @@ def test_a_damaged_or_missing_weights_file_is_a_message(assets, monkeypatch):
     blob = store().blobs.path(mine.weights_sha256)
     blob.write_bytes(b"not the weights any more")
     store().cache.clear()                                 # as after a restart: the model is read again
-    at.sidebar.selectbox(key="model_in_hand_select").set_value(mine.id).run()
+    at.run()                                              # the sidebar lists it now
+    at.sidebar.selectbox(key="model_in_hand_select").select_index([r.id for r in kept(at)].index(mine.id)).run()
     goto(at, "overview")
     assert any("damaged" in e.value and "Delete this variant" in e.value for e in at.error)
     blob.unlink()
@@ -295,12 +297,12 @@ def test_a_full_disk_is_a_message_and_loses_nothing(assets, monkeypatch, small_d
     at.run()
     first = keep_pruned(at, 30)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:
-        try:
+    try:
+        with open(filler, "wb") as f:
             while f.write(b"\0" * 65536):
                 f.flush()
-        except OSError:
-            pass
+    except OSError:                                        # no space left on device: the disk is full
+        pass
     goto(at, "prune")
     at.slider(key="prune_ratio").set_value(95).run()
     next(b for b in at.button if b.label == "Keep this variant").click().run()
