@@ -166,7 +166,7 @@ def test_kept_variants_and_jobs_survive_reloads_new_devices_and_restarts(browser
     for _ in range(3):
         page.keyboard.press("ArrowLeft")
     assert width.get_attribute("aria-valuetext") == "0.25"
-    page.get_by_label("Epochs").fill("1")
+    page.get_by_label("Epochs", exact=True).fill("1")
     page.get_by_role("button", name="Start training").click()
     page.wait_for_function(f"({CURVE_POINTS})() >= 1", timeout=JOB_MS)
     page.screenshot(path=str(shots / "workspace-6-training.png"))

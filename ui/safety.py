@@ -33,8 +33,9 @@ def reason(exc: Exception) -> str:
 
 
 def message(exc: Exception) -> str:
-    """reason(exc), made safe to show as Markdown."""
-    return plain(reason(exc))
+    """reason(exc), made safe to show as Markdown: an expected error's message may quote a file or a
+    link, so it is shown as plain text; the line for a bug is ours (a class name), shown as it is."""
+    return plain(reason(exc)) if isinstance(exc, EXPECTED) else reason(exc)
 
 
 def show_error(exc: Exception, where: str = "This page") -> None:
