@@ -14,7 +14,7 @@ replaces or drops them), no script runs (its status widget is gone) and every pl
 A page load is settled the same way, counted from `goto`. Page errors are the tracebacks
 (stException) and error boxes (stAlertContentError) on the page.
 
-Server CPU and RSS are sampled from /proc (psutil) on the server process and its children: CPU as
+Server CPU and RSS are sampled (bench/app_server.py) on the server process and its children: CPU as
 cores (CPU seconds / wall seconds) while pages load, while every session sits idle, during the moves
 and after the sessions close; RSS warm (after one page was visited and the server went quiet), at its
 peak, and 30 s after all sessions closed. The 1-minute load average is sampled with them.
@@ -24,7 +24,8 @@ peak, and 30 s after all sessions closed. The 1-minute load average is sampled w
 
 `--variant LABEL=OPTION=VALUE,...` runs the same sessions on a server started with Streamlit options
 (e.g. `--variant gc=runner.postScriptGC=true --variant nogc=runner.postScriptGC=false`), one server per
-variant, so a before/after is one command.
+variant, so a before/after is one command; `app=DIR` in the list runs the app of another checkout
+(`git archive REV | tar -x -C DIR` makes one) — and keeps edits to this one out of a run.
 """
 from __future__ import annotations
 
@@ -34,20 +35,17 @@ import json
 import os
 import random
 import shlex
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_server import ROOT, TreeMonitor, start_server, stop_server, wait_quiet  # noqa: E402  (bench/ is no package)
+
 CHROMIUM = "/usr/bin/chromium"
 LESSON = (70, 30, 90, 60, 80, 40, 20, 95, 10, 75)      # the teacher's positions, in order
 START = 50                                             # the lesson link's ratio
@@ -65,118 +63,6 @@ ERRORS_JS = """() => [...document.querySelectorAll('[data-testid=stException], [
     .map(e => e.innerText.trim().split('\\n')[0].slice(0, 200))"""
 
 
-# --- the server -------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, options: dict[str, str] | None = None, log: Path | None = None,
-                 timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` on 127.0.0.1 with PLAYGROUND_HOME=home; returns (process, base URL) once its
-    health check answers. `options` are Streamlit config options (`runner.postScriptGC` → `false`)."""
-    port = free_port()
-    args = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    for key, value in (options or {}).items():
-        args += [f"--{key}", value]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLAYGROUND_HOME": str(home)}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    stop_server(proc)
-    raise RuntimeError(f"streamlit did not answer within {timeout_s:.0f} s (log: {log})")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-# --- CPU and memory of a process tree ----------------------------------------------------------------------
-
-class TreeMonitor:
-    """Samples a process and its descendants (less the tree of `exclude`) every `every_s`: cumulated CPU
-    seconds (children that ended keep counting), the summed RSS, and the 1-minute load average.
-    `cores(t0, t1)` = CPU s / wall s."""
-
-    def __init__(self, pid: int, every_s: float = 0.5, exclude: int | None = None) -> None:
-        self.root, self.every_s, self.exclude = psutil.Process(pid), every_s, exclude
-        self.samples: list[tuple[float, float, float, float]] = []     # (time, cpu s, rss bytes, load avg)
-        self._seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        rss = 0.0
-        skip = set()
-        if self.exclude is not None and psutil.pid_exists(self.exclude):
-            skip = {self.exclude, *(c.pid for c in psutil.Process(self.exclude).children(recursive=True))}
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            if proc.pid in skip:
-                continue
-            try:
-                times, mem = proc.cpu_times(), proc.memory_info()
-            except psutil.Error:
-                continue
-            self._seen[proc.pid] = times.user + times.system
-            rss += mem.rss
-        self.samples.append((time.time(), sum(self._seen.values()), rss, os.getloadavg()[0]))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._sample()
-            except psutil.Error:
-                return
-            self._stop.wait(self.every_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _window(self, t0: float, t1: float) -> list[tuple[float, float, float, float]]:
-        return [s for s in self.samples if t0 <= s[0] <= t1] or [min(self.samples, key=lambda s: abs(s[0] - t1))]
-
-    def cores(self, t0: float, t1: float) -> float:
-        w = self._window(t0, t1)
-        return (w[-1][1] - w[0][1]) / max(1e-9, w[-1][0] - w[0][0])
-
-    def rss_peak_mb(self, t0: float, t1: float) -> float:
-        return max(s[2] for s in self._window(t0, t1)) / 2**20
-
-    def rss_mb(self, t: float) -> float:
-        return min(self.samples, key=lambda s: abs(s[0] - t))[2] / 2**20
-
-    def load_max(self, t0: float, t1: float) -> float:
-        return max(s[3] for s in self._window(t0, t1))
-
-
-def wait_quiet(monitor: TreeMonitor, below: float = 0.15, for_s: float = 3.0, timeout_s: float = 180) -> bool:
-    """Wait until the server uses less than `below` cores over `for_s` seconds (False on timeout)."""
-    end = time.time() + timeout_s
-    while time.time() < end:
-        time.sleep(for_s)
-        if monitor.cores(time.time() - for_s, time.time()) < below:
-            return True
-    return False
-
-
 # --- one student -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -188,6 +74,10 @@ class Student:
     moves_s: list[float] = field(default_factory=list)
     timeouts: int = 0
     errors: list[str] = field(default_factory=list)
+    frames: int = 0             # websocket messages the server sent this page
+
+    def count(self, websocket) -> None:
+        websocket.on("framereceived", lambda _: setattr(self, "frames", self.frames + 1))
 
 
 async def settled(page, target: int, timeout_s: float) -> bool:
@@ -211,6 +101,7 @@ async def note_errors(student: Student) -> None:
 async def open_page(browser, student: Student, url: str, timeout_s: float) -> None:
     context = await browser.new_context(viewport=VIEWPORT)
     student.page = await context.new_page()
+    student.page.on("websocket", student.count)
     t0 = time.perf_counter()
     try:
         await student.page.goto(url, timeout=timeout_s * 1000)
@@ -288,9 +179,9 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
             "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows"])
         t_load = time.time()
         await asyncio.gather(*(open_page(browser, s, url, load_timeout_s) for s in students))
-        t_idle = time.time()
+        t_idle, frames = time.time(), sum(s.frames for s in students)
         await asyncio.sleep(idle_s)
-        t_moves = time.time()
+        t_moves, idle_frames = time.time(), sum(s.frames for s in students) - frames
         await (lesson_moves if mode == "lesson" else free_moves)(students, k, move_timeout_s, think_s)
         t_close = time.time()
         if screenshot is not None:
@@ -307,6 +198,7 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
         "moves_tried": sum(len(s.moves_s) for s in students) + sum(s.timeouts for s in students if s.load_s),
         "timeouts": sum(s.timeouts for s in students),
         "page_errors": sorted({e for s in students for e in s.errors}),
+        "idle_messages": idle_frames,        # websocket messages to all idle sessions (0: nothing polls)
         "server_cores": {"loading": round(monitor.cores(t_load, t_idle), 2),
                          "idle": round(monitor.cores(t_idle, t_moves), 2),
                          "moving": round(monitor.cores(t_moves, t_close), 2),
@@ -354,17 +246,18 @@ MAX_SESSIONS = 40          # one Chromium on two cores: more contexts measure th
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """`nogc=runner.postScriptGC=false,runner.fastReruns=true` → ("nogc", {"runner.postScriptGC": "false", …})."""
+    """`nogc=runner.postScriptGC=false,app=/tmp/old` → ("nogc", {"runner.postScriptGC": "false", "app": …})."""
     label, _, spec = text.partition("=")
-    options = dict(item.split("=", 1) for item in spec.split(",") if item)
-    return label, options
+    return label, dict(item.split("=", 1) for item in spec.split(",") if item)
 
 
 def run_variant(label: str, options: dict[str, str], args) -> list[dict]:
     """One fresh server (its own data folder) with these options; every class size in turn on it."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="class-load-") as home:
-        proc, base = start_server(Path(home), options, log=Path(home) / "server.log")
+        app_dir = Path(options.get("app", ROOT))
+        proc, base = start_server(Path(home), {k: v for k, v in options.items() if k != "app"},
+                                  log=Path(home) / "server.log", app_dir=app_dir)
         monitor = TreeMonitor(proc.pid)
         try:
             warm = warm_up(base, monitor, args.load_timeout)
