@@ -185,7 +185,10 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
         await (lesson_moves if mode == "lesson" else free_moves)(students, k, move_timeout_s, think_s)
         t_close = time.time()
         if screenshot is not None:
-            await students[-1].page.screenshot(path=str(screenshot), full_page=True)
+            try:
+                await students[-1].page.screenshot(path=str(screenshot), full_page=True, timeout=120_000)
+            except Exception as exc:        # a starved browser: the figures still count
+                print(f"no screenshot: {exc}", file=sys.stderr)
         await browser.close()
     t_closed = time.time()
     client.stop()
@@ -203,6 +206,9 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
                          "idle": round(monitor.cores(t_idle, t_moves), 2),
                          "moving": round(monitor.cores(t_moves, t_close), 2),
                          "after_close": round(monitor.cores(t_closed, t_end), 2)},
+        # CPU seconds the server spent per settled move: its work per move, whatever else the machine runs
+        "server_cpu_s_per_move": round(monitor.cores(t_moves, t_close) * (t_close - t_moves)
+                                       / max(1, sum(len(s.moves_s) for s in students)), 2),
         "browser_cores": {"loading": round(client.cores(t_load, t_idle), 2),
                           "idle": round(client.cores(t_idle, t_moves), 2),
                           "moving": round(client.cores(t_moves, t_close), 2)},
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--moves", type=int, default=5, help=f"moves per student (at most {len(LESSON)})")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTION=VALUE,…",
                    help="a server with these Streamlit options (repeatable; default: the app's config)")
-    p.add_argument("--load-timeout", type=float, default=120, help="seconds a page may take to settle")
+    p.add_argument("--load-timeout", type=float, default=240, help="seconds a page may take to settle")
     p.add_argument("--move-timeout", type=float, default=30, help="seconds a move may take to settle")
     p.add_argument("--idle", type=float, default=10, help="seconds every session sits idle before moving")
     p.add_argument("--after", type=float, default=30, help="seconds measured after all sessions closed")
