@@ -206,7 +206,8 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
                          "idle": round(monitor.cores(t_idle, t_moves), 2),
                          "moving": round(monitor.cores(t_moves, t_close), 2),
                          "after_close": round(monitor.cores(t_closed, t_end), 2)},
-        # CPU seconds the server spent per settled move: its work per move, whatever else the machine runs
+        # CPU seconds the server spent per page opened and per settled move: its work, whatever else runs
+        "server_cpu_s_per_load": round(monitor.cores(t_load, t_idle) * (t_idle - t_load) / n, 2),
         "server_cpu_s_per_move": round(monitor.cores(t_moves, t_close) * (t_close - t_moves)
                                        / max(1, sum(len(s.moves_s) for s in students)), 2),
         "browser_cores": {"loading": round(client.cores(t_load, t_idle), 2),
