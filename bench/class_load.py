@@ -208,8 +208,8 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
                          "after_close": round(monitor.cores(t_closed, t_end), 2)},
         # CPU seconds the server spent per page opened and per settled move: its work, whatever else runs
         "server_cpu_s_per_load": round(monitor.cores(t_load, t_idle) * (t_idle - t_load) / n, 2),
-        "server_cpu_s_per_move": round(monitor.cores(t_moves, t_close) * (t_close - t_moves)
-                                       / max(1, sum(len(s.moves_s) for s in students)), 2),
+        "server_cpu_s_per_move": round(monitor.cores(t_moves, t_close) * (t_close - t_moves) / settled, 2)
+        if (settled := sum(len(s.moves_s) for s in students)) else None,
         "browser_cores": {"loading": round(client.cores(t_load, t_idle), 2),
                           "idle": round(client.cores(t_idle, t_moves), 2),
                           "moving": round(client.cores(t_moves, t_close), 2)},
@@ -228,7 +228,7 @@ async def first_visit(base: str, timeout_s: float) -> float:
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        student, end = Student(0), time.time() + 2 * timeout_s
+        student, end = Student(0), time.time() + timeout_s
         await open_page(browser, student, f"{base}/prune?ratio={START}", timeout_s)
         while time.time() < end and await student.page.get_by_text("Computing the accuracy").count():
             await asyncio.sleep(5)
@@ -243,7 +243,7 @@ async def first_visit(base: str, timeout_s: float) -> float:
 def warm_up(base: str, monitor: TreeMonitor, timeout_s: float) -> dict:
     """One visit, so that the models, data and caches a first visitor loads are in; then quiet."""
     first = asyncio.run(first_visit(base, timeout_s))
-    wait_quiet(monitor)
+    wait_quiet(monitor, timeout_s=60)
     return {"first_load_s": round(first, 2), "rss_warm_mb": round(monitor.rss_mb(time.time()))}
 
 
