@@ -35,6 +35,8 @@ import json
 import os
 import random
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -258,6 +260,14 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return label, dict(item.split("=", 1) for item in spec.split(",") if item)
 
 
+def profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling the server's Python stacks (50 a second, every thread) into `out`, one line per
+    stack ("frame;frame;… count", py-spy's raw format) until interrupted."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "50", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_variant(label: str, options: dict[str, str], args) -> list[dict]:
     """One fresh server (its own data folder) with these options; every class size in turn on it."""
     rows = []
@@ -270,10 +280,14 @@ def run_variant(label: str, options: dict[str, str], args) -> list[dict]:
             warm = warm_up(base, monitor, args.load_timeout)
             for n in args.sessions:
                 shot = Path(args.screenshots) / f"prune-{label}-{args.mode}-{n}.png" if args.screenshots else None
+                spy = profile(proc.pid, Path(args.py_spy) / f"{label}-{args.mode}-{n}.txt") if args.py_spy else None
                 row = asyncio.run(run_class(base, monitor, n, args.mode, args.moves,
                                             load_timeout_s=args.load_timeout, move_timeout_s=args.move_timeout,
                                             idle_s=args.idle, after_s=args.after, think_s=args.think,
                                             screenshot=shot))
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)        # py-spy writes its file when interrupted
+                    spy.wait(60)
                 row.update(variant=label, options=options, **warm)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -314,6 +328,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--think", type=float, default=1.0, help="seconds between a student's moves")
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--markdown", help="append the table (with the command and load average) to this file")
+    p.add_argument("--py-spy", help="folder for a py-spy profile of the server during each class")
     p.add_argument("--screenshots", help="folder for a full-page screenshot of one student after the moves")
     args = p.parse_args(argv)
     if max(args.sessions) > MAX_SESSIONS or min(args.sessions) < 1 or not 0 <= args.moves <= len(LESSON):
