@@ -87,7 +87,8 @@ async def settled(page, target: int, timeout_s: float) -> bool:
     try:
         await page.wait_for_function(SETTLED_JS, arg=target, polling=100, timeout=timeout_s * 1000)
         return True
-    except Exception:          # playwright's TimeoutError, or a page that crashed
+    except Exception as exc:   # playwright's TimeoutError, or a page that crashed
+        print(f"not settled at {target}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
         return False
 
 
@@ -202,6 +203,7 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
         "move_settle_s": percentiles([t for s in students for t in s.moves_s]),
         "moves_tried": sum(len(s.moves_s) for s in students) + sum(s.timeouts for s in students if s.load_s),
         "timeouts": sum(s.timeouts for s in students),
+        "load_timeouts": sum(s.load_s is None for s in students),
         "page_errors": sorted({e for s in students for e in s.errors}),
         "idle_messages": idle_frames,        # websocket messages to all idle sessions (0: nothing polls)
         "server_cores": {"loading": round(monitor.cores(t_load, t_idle), 2),
@@ -303,15 +305,17 @@ def cell(stats: dict) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| variant | mode | sessions | page load p50 / p95 / max (s) | move settle p50 / p95 / max (s) "
-            "| timeouts | page errors | server cores: loading / idle / moving / after | RSS warm / peak / "
-            "30 s after close (MB) | load avg start / max |\n" + "| --- " * 10 + "|\n")
+            "| timed out: loads, moves | page errors | server cores: loading / idle / moving / after close "
+            "| server CPU s per page, per move | browser cores loading | RSS warm / peak / 30 s after close (MB) "
+            "| load avg start / max |\n" + "| --- " * 12 + "|\n")
     return head + "".join(
         f"| {r['variant']} | {r['mode']} | {r['sessions']} | {cell(r['page_load_s'])} | {cell(r['move_settle_s'])} "
-        f"| {r['timeouts']} of {r['sessions']} loads + {r['moves_tried']} moves | {len(r['page_errors'])} "
-        f"| {r['server_cores']['loading']} / {r['server_cores']['idle']} / {r['server_cores']['moving']} / "
-        f"{r['server_cores']['after_close']} | {r['rss_warm_mb']} / {r['server_rss_mb']['peak']} / "
-        f"{r['server_rss_mb']['after_close']} | {r['load_average']['start']} / {r['load_average']['max']} |\n"
-        for r in rows)
+        f"| {r['load_timeouts']} of {r['sessions']}, {r['timeouts'] - r['load_timeouts']} of {r['moves_tried']} "
+        f"| {len(r['page_errors'])} | {r['server_cores']['loading']} / {r['server_cores']['idle']} / "
+        f"{r['server_cores']['moving']} / {r['server_cores']['after_close']} | {r['server_cpu_s_per_load']}, "
+        f"{r['server_cpu_s_per_move'] or '—'} | {r['browser_cores']['loading']} | {r['rss_warm_mb']} / "
+        f"{r['server_rss_mb']['peak']} / {r['server_rss_mb']['after_close']} | {r['load_average']['start']} / "
+        f"{r['load_average']['max']} |\n" for r in rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
