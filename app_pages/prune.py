@@ -80,45 +80,68 @@ def headline(model, pruned, acc: float, before_acc: float, structured: bool, exe
         m[3].metric("Accuracy before", accuracy(before_acc))
 
 
-def layers(model, pruned, structured: bool) -> str:
-    """Per-layer chart and one layer's histogram; returns the layer picked."""
+def per_layer_chart(model, pruned, structured: bool):
+    if structured:
+        before_c, after_c = S.channel_counts(model), S.channel_counts(pruned)
+        return charts.bars(list(before_c), [after_c.get(n, 0) for n in before_c], "Channels per layer",
+                           "output channels", reference=list(before_c.values()))
+    names, sp_after = layer_names(model), layer_sparsity(pruned)
+    return charts.bars(names, [100 * sp_after[n] for n in names], "Sparsity per layer", "sparsity (%)",
+                       y_range=[0, 100])
+
+
+def histogram_chart(model, pruned, layer: str):
+    lo_hi = weight_range(model, layer)
+    h_before = histogram(layer_weight(model, layer), value_range=lo_hi)
+    h_after = histogram(layer_weight(pruned, layer), value_range=lo_hi, drop_zeros=True)
+    return charts.histogram_before_after(h_before, h_after, f"Weights of {layer}",
+                                         after_name=f"after (nonzero; {h_after.zeros:,} zeros)")
+
+
+def layers(model, pruned, structured: bool, move: tuple) -> str:
+    """Per-layer chart and one layer's histogram (each built once per server for `move`, the variant and
+    its settings); returns the layer picked."""
     names = layer_names(model)
     left, right = st.columns(2)
     with left:
-        if structured:
-            before_c, after_c = S.channel_counts(model), S.channel_counts(pruned)
-            st.plotly_chart(charts.bars(list(before_c), [after_c.get(n, 0) for n in before_c], "Channels per layer",
-                                        "output channels", reference=list(before_c.values())), key="prune_layers")
-        else:
-            sp_after = layer_sparsity(pruned)
-            st.plotly_chart(charts.bars(names, [100 * sp_after[n] for n in names], "Sparsity per layer",
-                                        "sparsity (%)", y_range=[0, 100]), key="prune_layers")
+        st.plotly_chart(cached.figure((move, "layers"), lambda: per_layer_chart(model, pruned, structured)),
+                        key="prune_layers")
     with right:
         layer = st.selectbox("Layer to inspect", names, index=min(len(names) - 1, 4), key="prune_layer")
-        lo_hi = weight_range(model, layer)
-        h_before = histogram(layer_weight(model, layer), value_range=lo_hi)
-        h_after = histogram(layer_weight(pruned, layer), value_range=lo_hi, drop_zeros=True)
-        st.plotly_chart(charts.histogram_before_after(
-            h_before, h_after, f"Weights of {layer}", after_name=f"after (nonzero; {h_after.zeros:,} zeros)"),
-            key="prune_hist")
+        st.plotly_chart(cached.figure((move, "histogram", layer), lambda: histogram_chart(model, pruned, layer)),
+                        key="prune_hist")
     return layer
 
 
-def which_go(model, pruned, layer: str, criterion: str | None, ratio: float, calib) -> None:
+def scores_chart(model, layer: str, criterion: str, ratio: float, calib):
+    scores = S.filter_scores(model, criterion, calib)
+    if layer not in scores:
+        return None
+    removed = set(S.filters_to_remove(model, ratio, criterion, calib).get(layer, []))
+    s = scores[layer].tolist()
+    colors = [charts.AFTER if i in removed else charts.BEFORE for i in range(len(s))]
+    return charts.bars(list(range(len(s))), s, f"Filter scores of {layer} (orange = removed)", "score",
+                       x="filter", color=colors)
+
+
+def which_go(model, pruned, layer: str, criterion: str | None, ratio: float, calib, move: tuple) -> None:
     """Structured: the layer's filter scores, removed ones in orange. Unstructured: the layer's mask."""
     if criterion is not None:
-        scores = S.filter_scores(model, criterion, calib)
-        if layer in scores:
-            removed = set(S.filters_to_remove(model, ratio, criterion, calib).get(layer, []))
-            s = scores[layer].tolist()
-            colors = [charts.AFTER if i in removed else charts.BEFORE for i in range(len(s))]
-            fig = charts.bars(list(range(len(s))), s, f"Filter scores of {layer} (orange = removed)", "score",
-                              x="filter", color=colors)
+        fig = cached.figure((move, "scores", layer), lambda: scores_chart(model, layer, criterion, ratio, calib))
+        if fig is not None:
             st.plotly_chart(fig, key="prune_scores")
     elif layer_weight(model, layer).dim() == 4:
-        st.plotly_chart(charts.heatmap(mask_matrix(pruned, layer), f"Mask of {layer}: blue = kept, white = pruned",
-                                       "weight within the filter (input channel × 3 × 3)", "filter (output channel)"),
-                        key="prune_mask")
+        st.plotly_chart(cached.figure((move, "mask", layer), lambda: charts.heatmap(
+            mask_matrix(pruned, layer), f"Mask of {layer}: blue = kept, white = pruned",
+            "weight within the filter (input channel × 3 × 3)", "filter (output channel)")), key="prune_mask")
+
+
+def agp_chart(fraction: float):
+    schedule = agp_curve(fraction, 100)
+    return charts.curve_with_marker(
+        [t for t, _ in schedule], [100 * s for _, s in schedule], None, None,
+        f"Gradual pruning (AGP) to {100 * fraction:.0f} %", "training progress (% of steps)", "sparsity (%)",
+        name="AGP schedule", x_is_percent=True)
 
 
 def curves(variant, data, calib, method: str, criterion: str | None, scope: str, exempt, fraction: float,
@@ -132,10 +155,10 @@ def curves(variant, data, calib, method: str, criterion: str | None, scope: str,
     with c1:
         if key in store:
             pts = store[key]
-            st.plotly_chart(charts.curve_with_marker(
+            st.plotly_chart(cached.figure((key, fraction, "curve"), lambda: charts.curve_with_marker(
                 [100 * a for a, _ in pts], [100 * b for _, b in pts], 100 * fraction, 100 * acc,
                 "Accuracy against pruning ratio (no fine-tuning)", "pruning ratio", "eval accuracy (%)",
-                name=METHODS[method]), key="prune_curve")
+                name=METHODS[method])), key="prune_curve")
         else:
             analyses.start(key, f"curve {method}", lambda j: (
                 structured_curve(model, data.eval, criterion, j.report, j.should_stop, calib) if structured else
@@ -143,11 +166,7 @@ def curves(variant, data, calib, method: str, criterion: str | None, scope: str,
                               data=calib if method == "gradient" else None)))
             st.info("Computing the accuracy-against-ratio curve in the background…")
     with c2:
-        schedule = agp_curve(fraction, 100)
-        st.plotly_chart(charts.curve_with_marker(
-            [t for t, _ in schedule], [100 * s for _, s in schedule], None, None,
-            f"Gradual pruning (AGP) to {100 * fraction:.0f} %", "training progress (% of steps)", "sparsity (%)",
-            name="AGP schedule", x_is_percent=True), key="prune_agp")
+        st.plotly_chart(cached.figure(("agp", fraction), lambda: agp_chart(fraction)), key="prune_agp")
         st.latex(r"s_t = s_f + (s_i - s_f)\left(1 - \tfrac{t}{n}\right)^3")
 
 
@@ -212,8 +231,9 @@ def prune_page() -> None:
         settings = {"method": method, "scope": scope, "amount": amount, "exempt": "first+last" if exempt else "none"}
     pruned, acc = cached.pruned(variant.id, technique, settings, model, data.eval, calib)
     headline(model, pruned, acc, before_acc, structured, exempt)
-    layer = layers(model, pruned, structured)
-    which_go(model, pruned, layer, criterion, fraction, calib)
+    move = (variant.id, technique, tuple(sorted(settings.items())))     # what every chart below depends on
+    layer = layers(model, pruned, structured, move)
+    which_go(model, pruned, layer, criterion, fraction, calib, move)
     curves(variant, data, calib, method, criterion, scope, exempt, fraction, acc)
     sensitivity(variant, data)
     keep_it(variant, pruned, data, technique, settings, percent)

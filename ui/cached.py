@@ -2,10 +2,18 @@
 
 Models are keyed by variant id (a variant's model never changes) and passed as `_model` so Streamlit
 does not try to hash them. Cached models are shared: copy before modifying (the library always does).
+Charts too (`figure`): a class in a lesson moves to the same positions, and each position's charts are
+built once for the server, not once per student.
 """
 from __future__ import annotations
 
+import os
+import threading
+from typing import Callable, Hashable
+
+import plotly.graph_objects as go
 import streamlit as st
+from cachetools import LRUCache
 from torch import nn
 
 from compression.prune import FIRST_AND_LAST, importance_scores, prune
@@ -71,3 +79,26 @@ def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits,
         model = quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
                                  per_channel=per_channel, a_method=method, batches=2)
     return model, evaluate(model, _eval).accuracy
+
+
+FIGURE_CACHE_MB = float(os.environ.get("PLAYGROUND_FIGURE_CACHE_MB") or 64)
+_figures: LRUCache = LRUCache(maxsize=int(FIGURE_CACHE_MB * 2**20), getsizeof=lambda entry: entry[1])
+_figures_lock = threading.Lock()
+
+
+def figure(key: Hashable, build: Callable[[], go.Figure | None]) -> go.Figure | None:
+    """The chart `build()` makes, built once per server for `key` and shared by every session: `key` must
+    name everything the chart shows (variant id, every setting, the layer). Bounded by bytes: a figure
+    weighs the length of its JSON (what Streamlit sends; the numbers it holds are about as large), at
+    most PLAYGROUND_FIGURE_CACHE_MB in all (default 64), least recently used out first. Never modify
+    the figure returned: other sessions draw it too."""
+    with _figures_lock:
+        entry = _figures.get(key)
+    if entry is not None:
+        return entry[0]
+    fig = build()                        # None (nothing to draw) is kept too
+    size = len(fig.to_json()) if fig is not None else 0
+    with _figures_lock:
+        if size <= _figures.maxsize:
+            _figures[key] = (fig, size)
+    return fig

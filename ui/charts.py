@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 
 BEFORE, AFTER, ACCENT, MUTED = "#1f77b4", "#ff7f0e", "#2ca02c", "#9e9e9e"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
 FONT = dict(size=16)
+# Every figure starts from this template: plotly gives a new figure its default template without
+# validating it again, while `update_layout(template=…)` validates the whole template each time
+# (about 0.15 s of the server's time per chart, for the same figure).
+pio.templates.default = "plotly_white"
 
 
 def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
     fig.update_layout(title=dict(text=title, font=dict(size=19)), font=FONT, height=height,
                       margin=dict(l=60, r=20, t=60, b=55), xaxis_title=x, yaxis_title=y,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-                      template="plotly_white")
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     return fig
 
 
