@@ -18,7 +18,14 @@ fragile, the wide late convs are large and redundant. Here each layer gets its o
    for a size, what the last step left over is spent on the un-prunings that buy the most loss per byte.
 3. Guarantee: the uniform allocation (every layer at t, its counts rounded so they add up to K) is
    predicted on the same curves; if it is predicted better, it is returned instead (`rule` says which).
-   So the auto allocation is never predicted worse than uniform.
+   So the auto allocation is never predicted worse than uniform (choose="predicted").
+4. Check (choose="measured", the default). Predicting D as a sum ignores how the damage of several
+   pruned layers compounds, so the prediction can rank allocations wrongly. A few candidates are
+   therefore measured on the same calibration images: the allocation of step 3, blends
+       k_l(α) = (1 − α)·k_l(auto) + α·k_l(global),  α ∈ BLENDS   (rounded to add up to K again)
+   towards the zeros one global magnitude ranking gives, uniform and global themselves; the one with
+   the least measured calibration loss is returned. So it is never measured worse than uniform or
+   global on those images (`measured` lists every candidate's loss). Cost: a handful of evaluations.
 
 The verb: `auto_prune(model, AutoPruneConfig(target_sparsity=0.7), calib) -> (pruned model, allocation)`.
 The pruned model carries masks like any prune.prune() result (fine-tuning keeps the zeros).
@@ -39,6 +46,8 @@ from .prune import METHODS, apply_masks, importance_scores, lowest_k_mask, masks
 from .train import evaluate
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+BLENDS = (0.25, 0.5, 0.75)
+CHOICES = ("measured", "predicted")
 MAX_TRIES = 8          # exact-size checks before giving up on a byte budget
 
 
@@ -56,6 +65,7 @@ class AutoPruneConfig:
     calib_images: int = 1024                     # the first ones of the calibration set
     batch_size: int = 256
     seed: int = 0                                # for method="random"
+    choose: str = "measured"                     # step 4 of the module docstring, or "predicted" (step 3 only)
 
     def __post_init__(self):
         if (self.target_sparsity is None) == (self.target_bytes is None):
@@ -72,6 +82,8 @@ class AutoPruneConfig:
             raise ValueError(f"levels must rise strictly from 0.0 and stay below 1, got {self.levels}")
         if self.calib_images < 1 or self.batch_size < 1:
             raise ValueError("calib_images and batch_size must be at least 1")
+        if self.choose not in CHOICES:
+            raise ValueError(f"choose must be one of {CHOICES}, got {self.choose!r}")
         self.levels, self.exempt = levels, tuple(self.exempt)
 
 
@@ -110,8 +122,9 @@ class PruneAllocation:
     predicted: float
     uniform_predicted: float | None
     global_predicted: float
-    rule: str                                    # "greedy", or "uniform" when it was predicted better
+    rule: str                                    # the candidate returned: "greedy", "uniform", "global", "blend 0.5"
     curves: dict[str, LayerCurve] = field(default_factory=dict)
+    measured: dict[str, float] = field(default_factory=dict)    # candidate -> measured calibration loss
 
     @property
     def sparsity(self) -> float:
@@ -173,10 +186,15 @@ def sensitivity_curves(work: nn.Module, scores: dict[str, torch.Tensor], calib: 
 # --- 2. allocation -----------------------------------------------------------------------------------
 
 def uniform_counts(params: dict[str, int], total: int) -> dict[str, int]:
-    """Every layer at the same fraction t = total / N, rounded by largest remainder so that the counts
-    add up to `total` exactly (Hamilton's method)."""
+    """Every layer at the same fraction t = total / N, rounded so that the counts add up to `total`."""
     n = sum(params.values())
-    exact = {name: total * p / n for name, p in params.items()}
+    return rounded_counts({name: total * p / n for name, p in params.items()}, total)
+
+
+def rounded_counts(exact: dict[str, float], total: int) -> dict[str, int]:
+    """Whole counts adding up to `total` (= Σ exact), each the floor or ceiling of its exact value: the
+    largest remainders are rounded up (Hamilton's method)."""
+    params = list(exact)
     counts = {name: int(x) for name, x in exact.items()}
     by_remainder = sorted(params, key=lambda name: counts[name] - exact[name])   # largest remainder first
     for name in by_remainder[:total - sum(counts.values())]:
@@ -259,18 +277,72 @@ def global_counts(scores: dict[str, torch.Tensor], fraction: float) -> dict[str,
     return {n: int((m == 0).sum()) for n, m in masks_from_scores(scores, fraction, "global").items()}
 
 
+def measured_choice(work: nn.Module, scores: dict[str, torch.Tensor], calib: ImageSet, config: AutoPruneConfig,
+                    candidates: dict[str, dict[str, int] | None]) -> tuple[dict[str, int], str, dict[str, float]]:
+    """Step 4: the first candidate plus its blends towards "global", and the others, each pruned and
+    measured on `calib`; (zeros, name, {name: calibration loss}) of the least loss. With a byte
+    budget, candidates over it are left out."""
+    first, first_zeros = next(iter(candidates.items()))
+    total = sum(first_zeros.values())
+    for alpha in BLENDS:
+        exact = {n: (1 - alpha) * k + alpha * candidates["global"][n] for n, k in first_zeros.items()}
+        candidates[f"blend {alpha:g}"] = rounded_counts(exact, total)
+    losses, zeros = {}, {}
+    for name, counts in candidates.items():
+        if counts is None or counts in zeros.values():
+            continue
+        model = prune_to_counts(work, counts, scores)
+        if config.target_bytes is not None and packed_size(model) > config.target_bytes:
+            continue
+        losses[name], zeros[name] = evaluate(model, calib, config.batch_size).loss, counts
+    best = min(losses, key=losses.get)                 # the first listed on a tie
+    return zeros[best], best, losses
+
+
 # --- the verb ----------------------------------------------------------------------------------------
 
-def auto_prune(model: nn.Module, config: AutoPruneConfig, calib: ImageSet,
-               progress: Callable[[int, int], None] | None = None,
-               stop: Callable[[], bool] | None = None) -> tuple[nn.Module, PruneAllocation]:
-    """Measure each layer's sensitivity on the first `config.calib_images` of `calib`, allocate
-    (module docstring) and prune a copy of `model` to the allocation: (pruned model, PruneAllocation).
-    The uniform allocation replaces the greedy one when it is predicted better (`rule` says so)."""
+@dataclass
+class PruneSensitivity:
+    """What auto_prune measures (the slow part: layers × levels evaluations), kept so that other targets
+    are allocated in a moment: pass it back as `sensitivity` with a config of the same `settings`."""
+
+    base_loss: float
+    curves: dict[str, LayerCurve]
+    scores: dict[str, torch.Tensor]
+    settings: tuple
+
+
+def _settings(config: AutoPruneConfig) -> tuple:
+    return config.method, config.levels, config.exempt, config.calib_images, config.seed
+
+
+def measure_sensitivity(model: nn.Module, config: AutoPruneConfig, calib: ImageSet,
+                        progress: Callable[[int, int], None] | None = None,
+                        stop: Callable[[], bool] | None = None) -> PruneSensitivity:
+    """Step 1 of the module docstring on the first `config.calib_images` of `calib` (the budget in
+    `config` plays no part). `progress(done, total)` after each layer; `stop()` ends it early
+    (InterruptedError)."""
     calib = calib.subset(slice(0, config.calib_images))
     work = strip(model).eval()
     scores = layer_scores(work, config, calib)
     base_loss, curves = sensitivity_curves(work, scores, calib, config, progress, stop)
+    return PruneSensitivity(base_loss, curves, scores, _settings(config))
+
+
+def auto_prune(model: nn.Module, config: AutoPruneConfig, calib: ImageSet,
+               progress: Callable[[int, int], None] | None = None, stop: Callable[[], bool] | None = None,
+               sensitivity: PruneSensitivity | None = None) -> tuple[nn.Module, PruneAllocation]:
+    """Measure each layer's sensitivity (or reuse `sensitivity`, measured on the same model with the
+    same settings), allocate (module docstring) and prune a copy of `model` to the allocation:
+    (pruned model with masks, PruneAllocation). The uniform allocation replaces the greedy one when it
+    is predicted better (`rule` says so)."""
+    if sensitivity is None:
+        sensitivity = measure_sensitivity(model, config, calib, progress, stop)
+    elif sensitivity.settings != _settings(config):
+        raise ValueError("this sensitivity was measured with other settings (method, levels, exempt layers, "
+                         "calibration images); measure it again")
+    base_loss, curves, scores = sensitivity.base_loss, sensitivity.curves, sensitivity.scores
+    work = strip(model).eval()
     params = {n: c.params for n, c in curves.items()}
     if config.target_sparsity is not None:
         zeros = allocate_sparsity(curves, config.target_sparsity)
@@ -288,8 +360,12 @@ def auto_prune(model: nn.Module, config: AutoPruneConfig, calib: ImageSet,
                          f"measured level); allow more bytes")
     zeros, rule = min(candidates, key=lambda c: predict(curves, c[0]))     # greedy first on a tie
     global_ = global_counts(scores, sum(zeros.values()) / sum(params.values()))
+    measured = {}
+    if config.choose == "measured":
+        zeros, rule, measured = measured_choice(work, scores, calib.subset(slice(0, config.calib_images)), config,
+                                                {rule: zeros, "uniform": uniform, "global": global_})
     allocation = PruneAllocation(
         target, params, zeros, uniform, global_, base_loss, base_loss + predict(curves, zeros),
         None if uniform is None else base_loss + predict(curves, uniform),
-        base_loss + predict(curves, global_), rule, curves)
+        base_loss + predict(curves, global_), rule, curves, measured)
     return prune_to_counts(model, zeros, scores), allocation

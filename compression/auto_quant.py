@@ -199,18 +199,47 @@ def predict(curves: dict[str, LayerBits], bits: dict[str, int]) -> float:
     return sum(curves[n].loss[curves[n].bits.index(b)] for n, b in bits.items())
 
 
-def auto_quantize(model: nn.Module, config: AutoQuantConfig, calib: ImageSet | None = None,
-                  progress: Callable[[int, int], None] | None = None,
-                  stop: Callable[[], bool] | None = None) -> tuple[nn.Module, BitAllocation]:
-    """Measure each layer's sensitivity (on the first `config.calib_images` of `calib` for "loss"),
-    allocate widths under `config.budget_bytes` (module docstring) and quantize a copy of `model`:
-    (model with fake-quantized weights, BitAllocation)."""
+@dataclass
+class BitSensitivity:
+    """What auto_quantize measures (layers × widths evaluations), kept so that other budgets are
+    allocated in a moment: pass it back as `sensitivity` with a config of the same `settings`."""
+
+    base_loss: float
+    curves: dict[str, LayerBits]
+    settings: tuple
+
+
+def _settings(config: AutoQuantConfig) -> tuple:
+    return (config.bits, config.criterion, config.symmetric, config.per_channel, config.exempt,
+            config.calib_images if config.criterion == "loss" else None)
+
+
+def measure_sensitivity(model: nn.Module, config: AutoQuantConfig, calib: ImageSet | None = None,
+                        progress: Callable[[int, int], None] | None = None,
+                        stop: Callable[[], bool] | None = None) -> BitSensitivity:
+    """Step 1 of the module docstring (on the first `config.calib_images` of `calib` for "loss"; the
+    budget plays no part). `progress(done, total)` after each layer; `stop()` ends it early."""
     if config.criterion == "loss":
         if calib is None or len(calib) == 0:
             raise ValueError('criterion "loss" needs calibration images (calib)')
         calib = calib.subset(slice(0, config.calib_images))
+    base, curves = bit_curves(float_copy(model).eval(), config, calib, progress, stop)
+    return BitSensitivity(base, curves, _settings(config))
+
+
+def auto_quantize(model: nn.Module, config: AutoQuantConfig, calib: ImageSet | None = None,
+                  progress: Callable[[int, int], None] | None = None, stop: Callable[[], bool] | None = None,
+                  sensitivity: BitSensitivity | None = None) -> tuple[nn.Module, BitAllocation]:
+    """Measure each layer's sensitivity (or reuse `sensitivity`, measured on the same model with the
+    same settings), allocate widths under `config.budget_bytes` (module docstring) and quantize a copy
+    of `model`: (model with fake-quantized weights, BitAllocation)."""
+    if sensitivity is None:
+        sensitivity = measure_sensitivity(model, config, calib, progress, stop)
+    elif sensitivity.settings != _settings(config):
+        raise ValueError("this sensitivity was measured with other settings (widths, criterion, grid, exempt "
+                         "layers, calibration images); measure it again")
+    base, curves = sensitivity.base_loss, sensitivity.curves
     work = float_copy(model).eval()
-    base, curves = bit_curves(work, config, calib, progress, stop)
     uniform = widest_uniform(work, curves, config)
     greedy = allocate_bits(work, curves, config)
     candidates = [] if greedy is None else [(*greedy, "greedy")]

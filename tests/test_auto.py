@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from compression.allocate import Curve, allocate_within, greedy_allocate, interpolate, lower_hull
-from compression.auto_prune import (AutoPruneConfig, allocate_sparsity, auto_prune, packed_size, predict,
-                                    uniform_counts)
+from compression.auto_prune import (AutoPruneConfig, allocate_sparsity, auto_prune, measure_sensitivity,
+                                    packed_size, predict, uniform_counts)
 from compression.auto_quant import AutoQuantConfig, auto_quantize, quantize_layers
 from compression.models import create_model
 from compression.packed import pack_model, packed_breakdown, unpack_model
 from compression.prune import prunable_layers, prune, sparsity, strip
 from compression.quantize import quantize_weights
+from compression.train import evaluate
 from helpers import toy_set
 
 LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
@@ -34,8 +35,8 @@ def tiny_model() -> torch.nn.Module:
 def pruned_70():
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned, allocation = auto_prune(model, AutoPruneConfig(target_sparsity=0.7, levels=LEVELS, calib_images=64),
-                                    toy_set(64))
+    pruned, allocation = auto_prune(model, AutoPruneConfig(target_sparsity=0.7, levels=LEVELS, calib_images=64,
+                                                           choose="predicted"), toy_set(64))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())   # input untouched
     return model, pruned, allocation
 
@@ -126,8 +127,8 @@ def test_auto_is_never_predicted_worse_than_uniform_and_uniform_is_exact(pruned_
 def test_auto_prune_under_a_packed_size_fits_it():
     model = tiny_model()
     budget = int(0.6 * len(pack_model(model)))
-    pruned, allocation = auto_prune(model, AutoPruneConfig(target_bytes=budget, levels=LEVELS, calib_images=32),
-                                    toy_set(32))
+    pruned, allocation = auto_prune(model, AutoPruneConfig(target_bytes=budget, levels=LEVELS, calib_images=32,
+                                                           choose="predicted"), toy_set(32))
     assert len(pack_model(pruned)) == packed_size(pruned) <= budget
     if allocation.uniform_predicted is not None:
         assert allocation.predicted <= allocation.uniform_predicted
@@ -149,12 +150,44 @@ def test_auto_prune_keeps_the_zeros_a_model_already_has():
         allocate_sparsity(allocation.curves, 0.1)
 
 
+def test_the_measured_choice_is_never_measured_worse_than_uniform_or_global():
+    model, calib = tiny_model(), toy_set(64)
+    config = AutoPruneConfig(target_sparsity=0.7, levels=LEVELS, calib_images=64)       # choose="measured"
+    pruned, allocation = auto_prune(model, config, calib)
+    n = sum(allocation.params.values())
+    assert sparsity(pruned) == round(0.7 * n) / n
+    loss = evaluate(pruned, calib).loss
+    assert loss == pytest.approx(allocation.measured[allocation.rule], abs=1e-6)
+    assert loss <= min(allocation.measured.values()) + 1e-6
+    assert {"uniform", "global", "blend 0.5"} <= set(allocation.measured)
+    for rival in (prune(model, 0.7, scope="layer"), prune(model, 0.7, scope="global")):
+        assert loss <= evaluate(rival, calib).loss + 1e-3      # prune()'s own rounding may differ by a weight
+    budget = int(0.6 * len(pack_model(model)))
+    small, by_size = auto_prune(model, AutoPruneConfig(target_bytes=budget, levels=LEVELS, calib_images=64), calib)
+    assert len(pack_model(small)) <= budget
+
+
+def test_a_measured_sensitivity_serves_other_targets_but_not_other_settings():
+    model = tiny_model()
+    config = AutoPruneConfig(target_sparsity=0.5, levels=LEVELS, calib_images=32)
+    sensitivity = measure_sensitivity(model, config, toy_set(32))
+    n = sum(c.params for c in sensitivity.curves.values())
+    for target in (0.5, 0.8):
+        pruned, allocation = auto_prune(model, AutoPruneConfig(target_sparsity=target, levels=LEVELS, calib_images=32),
+                                        toy_set(32), sensitivity=sensitivity)
+        assert sparsity(pruned) == round(target * n) / n
+        assert allocation.curves is sensitivity.curves
+    with pytest.raises(ValueError, match="other settings"):
+        auto_prune(model, AutoPruneConfig(target_sparsity=0.5, calib_images=32), toy_set(32), sensitivity=sensitivity)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "exactly one budget"),
     ({"target_sparsity": 0.5, "target_bytes": 1000}, "exactly one budget"),
     ({"target_sparsity": 0.99}, "highest measured"),
     ({"target_sparsity": 0.5, "levels": (0.1, 0.5)}, "levels"),
     ({"target_sparsity": 0.5, "method": "largest"}, "method"),
+    ({"target_sparsity": 0.5, "choose": "best"}, "choose"),
     ({"target_bytes": -5}, "positive"),
 ])
 def test_auto_prune_config_is_validated(kwargs, message):
