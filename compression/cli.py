@@ -191,8 +191,9 @@ def load_variant(path: str, data: Data, arch: str | None = None):
                            name=meta.get("name") or Path(path).stem, eval_set=data.eval)
 
 
-def finish(args, variant, data: Data) -> int:
-    """Measure a new variant fully, save it (packed or safetensors by extension) and print its metrics."""
+def finish(args, variant, data: Data, extra: dict | None = None) -> int:
+    """Measure a new variant fully, save it (packed or safetensors by extension) and print its metrics
+    (with `extra` fields, e.g. an automatic allocation, in the JSON)."""
     from .export import packed_bytes, safetensors_bytes
     from .metrics import measure
 
@@ -203,7 +204,7 @@ def finish(args, variant, data: Data) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(packed_bytes(variant) if out.suffix == ".cmpk" else safetensors_bytes(variant))
     result = {"name": variant.name, "technique": variant.technique, "settings": variant.settings,
-              "recipe": variant.recipe, "out": args.out, **variant.metrics.to_dict()}
+              "recipe": variant.recipe, "out": args.out, **variant.metrics.to_dict(), **(extra or {})}
     if args.json:
         _print_json(result)
     else:
@@ -238,6 +239,8 @@ def cmd_prune(args) -> int:
             model = prune_filters(base.model, args.amount, args.criterion, calib=data.train, round_to=args.round_to)
         technique, settings = "filter-pruned", {"criterion": args.criterion, "ratio": args.amount,
                                                 "target_macs": args.target_macs, "round_to": args.round_to}
+    elif args.auto:
+        return cmd_prune_auto(args, base, data)
     else:
         from .prune import FIRST_AND_LAST, prune
         exempt = FIRST_AND_LAST if args.keep_first_last else ()
@@ -250,12 +253,89 @@ def cmd_prune(args) -> int:
     return finish(args, measure_variant(model, technique, settings, base, name=f"{base.name} {technique}"), data)
 
 
+def calibration_images(data: Data, n: int) -> D.ImageSet:
+    """The last `n` training images: where automatic modes measure sensitivity (never test images)."""
+    train = data.train
+    return train.subset(slice(max(0, len(train) - n), len(train)), "calibration")
+
+
+def sensitivity_progress(done: int, total: int) -> None:
+    print(f"  sensitivity: layer {done}/{total}", file=sys.stderr, flush=True)
+
+
+def print_allocation(rows: list[dict], columns: tuple[str, ...], fmt: str) -> None:
+    """The per-layer allocation as a small table on stderr (stdout keeps the variant's summary)."""
+    print(f"{'layer':>22} {'weights':>8} " + " ".join(f"{c:>8}" for c in columns), file=sys.stderr)
+    for r in rows:
+        cells = " ".join(f"{'—':>8}" if r[c] is None else f"{r[c]:>8{fmt}}" for c in columns)
+        print(f"{r['layer']:>22} {r['params']:>8,} {cells}", file=sys.stderr)
+
+
+def cmd_prune_auto(args, base, data: Data) -> int:
+    """prune --auto: per-layer sparsities chosen from sensitivity curves (compression.auto_prune)."""
+    from .auto_prune import AutoPruneConfig, auto_prune
+    from .prune import FIRST_AND_LAST
+    from .variant import measure_variant
+
+    try:
+        config = AutoPruneConfig(target_sparsity=None if args.budget_kib else args.amount,
+                                 target_bytes=round(args.budget_kib * 1024) if args.budget_kib else None,
+                                 method=args.method, exempt=FIRST_AND_LAST if args.keep_first_last else (),
+                                 calib_images=args.calib_images)
+        model, allocation = auto_prune(base.model, config, calibration_images(data, args.calib_images),
+                                       None if args.json else sensitivity_progress)
+    except ValueError as exc:        # a budget the model cannot meet, or a setting out of range
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print_allocation(allocation.rows(), ("auto", "uniform", "global"), ".3f")
+    if args.finetune_epochs:
+        from .schedule import finetune
+        run_quietly(finetune(model, data.train, args.finetune_epochs, data.eval, lr=args.lr), args)
+    settings = {"method": args.method, "allocation": "auto", "target": allocation.target, "rule": allocation.rule,
+                "finetune_epochs": args.finetune_epochs}
+    variant = measure_variant(model, "pruned", settings, base, name=f"{base.name} auto-pruned")
+    extra = {"allocation": {"predicted_calib_loss": allocation.predicted,
+                            "uniform_predicted_calib_loss": allocation.uniform_predicted,
+                            "global_predicted_calib_loss": allocation.global_predicted, "layers": allocation.rows()}}
+    return finish(args, variant, data, extra)
+
+
+def cmd_quantize_auto(args, base, data: Data) -> int:
+    """quantize --auto: per-layer bit widths under --budget-kib (compression.auto_quant)."""
+    from .auto_quant import AutoQuantConfig, auto_quantize
+    from .variant import measure_variant
+
+    if not args.budget_kib:
+        raise D.DataError("quantize --auto needs --budget-kib N: the packed size the model must fit in")
+    try:
+        config = AutoQuantConfig(round(args.budget_kib * 1024), criterion=args.criterion,
+                                 symmetric=args.mode == "symmetric", per_channel=args.granularity == "per-channel",
+                                 calib_images=args.calib_images)
+        model, allocation = auto_quantize(base.model, config, calibration_images(data, args.calib_images),
+                                          None if args.json else sensitivity_progress)
+    except ValueError as exc:        # a budget below the narrowest widths, or a setting out of range
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print_allocation(allocation.rows(), ("auto", "uniform"), "")
+    settings = {"bits": "auto", "mean_bits": round(allocation.mean_bits, 3), "budget_bytes": config.budget_bytes,
+                "criterion": args.criterion, "rule": allocation.rule}
+    variant = measure_variant(model, "quantized", settings, base, name=f"{base.name} auto mixed precision")
+    extra = {"allocation": {"packed_bytes": allocation.packed_bytes, "uniform_bits": allocation.uniform_bits,
+                            "uniform_bytes": allocation.uniform_bytes, "predicted": allocation.predicted,
+                            "uniform_predicted": allocation.uniform_predicted, "layers": allocation.rows()}}
+    return finish(args, variant, data, extra)
+
+
 def cmd_quantize(args) -> int:
     from . import quantize as Q
     from .variant import measure_variant
 
     data = Data(args)
     base = load_variant(args.model, data, args.arch)
+    if args.auto:
+        return cmd_quantize_auto(args, base, data)
     if args.int8:
         from .jobs import int8_variant
         variant = int8_variant(base, data.train, data.eval, lambda **kw: None, lambda: False, test_set=data.test)
@@ -355,6 +435,8 @@ def cmd_export(args) -> int:
 
     data = Data(args)
     variant = load_variant(args.model, data, args.arch)
+    if args.format == "onnx":
+        return cmd_export_onnx(args, variant, data)
     if args.format == "int8":
         from .int8 import int8_export_bytes, to_int8
         blob = int8_export_bytes(to_int8(variant.model, data.train))
@@ -363,6 +445,33 @@ def cmd_export(args) -> int:
     Path(args.out).write_bytes(blob)
     info = {"model": args.model, "format": args.format, "out": args.out, "bytes": len(blob)}
     _print_json(info) if args.json else print(f"wrote {args.out} ({len(blob):,} bytes, {args.format})")
+    return 0
+
+
+def cmd_export_onnx(args, variant, data: Data) -> int:
+    """export --format onnx [--int8]: write the .onnx and compare it, run in ONNX Runtime, with the
+    PyTorch model(s) on the eval subset (or the full test set with --full-test)."""
+    from .export import variant_metadata
+    from .onnx_export import export_and_verify
+
+    eval_set = data.test or data.eval
+    blob, report = export_and_verify(variant.model, eval_set, int8=args.int8, calib=data.train if args.int8 else None,
+                                     metadata=variant_metadata(variant))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+    if args.json:
+        _print_json({"model": args.model, "format": "onnx", "out": args.out, "bytes": len(blob), "data": eval_set.name,
+                     **report})
+        return 0
+    print(f"wrote {args.out} ({len(blob):,} bytes, ONNX {report['format']}); on {report['images']} images "
+          f"({eval_set.name}):")
+    latency = report["latency_ms"]
+    print(f"{'':>14} {'accuracy':>9} {'same top-1':>10} {'batch 1 ms':>11} {'batch 256 ms':>13}")
+    for name in ("onnx", *(k for k in report if k not in ("onnx", "latency_ms", "images", "format"))):
+        same = "" if name == "onnx" else f"{100 * report[name]['agreement']:9.2f}%"
+        print(f"{name:>14} {100 * report[name]['accuracy']:8.2f}% {same:>10} {latency['batch 1'][name]:11.2f} "
+              f"{latency['batch 256'][name]:13.1f}")
     return 0
 
 
@@ -469,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-macs", type=float, help="structured: prune until MACs <= this fraction")
     p.add_argument("--round-to", type=int, help="structured: keep channel counts multiples of this")
     p.add_argument("--finetune-epochs", type=float, default=0)
+    p.add_argument("--auto", action="store_true", help="choose each layer's sparsity from its measured sensitivity, "
+                   "reaching --amount overall exactly (or --budget-kib)")
+    p.add_argument("--budget-kib", type=float, help="--auto: prune until the packed file fits in this many KiB")
+    p.add_argument("--calib-images", type=int, default=1024, help="--auto: training images the sensitivity is measured on")
     common(p)
     p.set_defaults(func=cmd_prune)
 
@@ -481,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=["minmax", "percentile", "mse"], default="minmax")
     p.add_argument("--qat-epochs", type=float, default=0, help="quantization-aware training epochs")
     p.add_argument("--int8", action="store_true", help="real int8 (PT2E); --out writes the .pt2 program")
+    p.add_argument("--auto", action="store_true", help="mixed precision: a width from 2 to 8 bits per layer, "
+                   "chosen from its measured sensitivity so that the packed file fits --budget-kib")
+    p.add_argument("--budget-kib", type=float, help="--auto: the packed size to fit in, in KiB")
+    p.add_argument("--criterion", choices=["loss", "sqnr"], default="loss",
+                   help="--auto: sensitivity as calibration loss, or as weight SQNR (data-free)")
+    p.add_argument("--calib-images", type=int, default=1024, help="--auto: training images the sensitivity is measured on")
     common(p)
     p.set_defaults(func=cmd_quantize, lr=0.01)
 
@@ -518,9 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("export", help="write a model as packed, safetensors or real int8")
+    p = sub.add_parser("export", help="write a model as packed, safetensors, real int8 (.pt2) or ONNX")
     p.add_argument("model")
-    p.add_argument("--format", choices=["packed", "safetensors", "int8"], default="packed")
+    p.add_argument("--format", choices=["packed", "safetensors", "int8", "onnx"], default="packed")
+    p.add_argument("--int8", action="store_true", help="--format onnx: an int8 QDQ model (onnxruntime static "
+                   "quantization, calibrated on training images) instead of fp32")
     common(p, out=False)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)

@@ -238,3 +238,55 @@ def test_auto_quantize_explains_a_budget_too_small_and_checks_its_config():
         AutoQuantConfig(10_000, bits=(1, 4))
     with pytest.raises(ValueError, match="needs calibration"):
         auto_quantize(model, AutoQuantConfig(10_000))
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    from compression.cli import main
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_cli_prune_auto_and_quantize_auto(tmp_path, capsys):
+    import json
+    from compression.files import save_model
+
+    path = save_model(tiny_model(), tmp_path / "tiny.safetensors")
+    code, out, _ = run_cli(capsys, "prune", str(path), "--auto", "--amount", "0.5", "--sample", "--calib-images", "32",
+                           "--json", "--out", str(tmp_path / "auto.cmpk"))
+    result = json.loads(out)
+    n = sum(r["params"] for r in result["allocation"]["layers"])
+    assert code == 0 and result["sparsity"] == round(0.5 * n) / n
+    assert result["settings"]["allocation"] == "auto" and (tmp_path / "auto.cmpk").is_file()
+    budget_kib = packed_size(quantize_weights(tiny_model(), 4)) / 1024
+    code, out, _ = run_cli(capsys, "quantize", str(path), "--auto", "--budget-kib", f"{budget_kib}", "--criterion",
+                           "sqnr", "--sample", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["bytes_packed"] == result["allocation"]["packed_bytes"] <= budget_kib * 1024
+    code, _, err = run_cli(capsys, "quantize", str(path), "--auto", "--budget-kib", "1", "--criterion", "sqnr",
+                           "--sample")
+    assert code == 2 and "allow more bytes" in err
+
+
+def test_jobs_give_the_auto_and_uniform_variants_side_by_side():
+    from compression.jobs import auto_prune_variants, auto_quantize_variants
+    from compression.variant import measure_variant
+
+    parent = measure_variant(tiny_model(), "pretrained", name="tiny")
+    calib, eval_set, events = toy_set(32), toy_set(40, seed=5), []
+    variants, allocation = auto_prune_variants(parent, AutoPruneConfig(target_sparsity=0.6, levels=LEVELS,
+                                                                       calib_images=32),
+                                               calib, eval_set, lambda **kw: events.append(kw), lambda: False)
+    auto, uniform = variants
+    assert auto.parent == uniform.parent == parent.id
+    assert auto.metrics.sparsity == pytest.approx(uniform.metrics.sparsity, abs=1e-3) == pytest.approx(0.6, abs=1e-3)
+    assert auto.metrics.eval_accuracy is not None and len(allocation.rows()) == 10
+    assert {"done": 10, "total": 10} in events
+    budget = packed_size(quantize_weights(parent.model, 4))
+    variants, bits = auto_quantize_variants(parent, AutoQuantConfig(budget, criterion="sqnr"), None, eval_set,
+                                            lambda **kw: None, lambda: False)
+    assert [v.settings["bits"] for v in variants] == ["auto", 4]
+    assert all(v.metrics.bytes_packed <= budget for v in variants)

@@ -266,3 +266,39 @@ print(json.dumps({"accuracy": float((logits.argmax(1) == y).mean()),
     result = json.loads(out.stdout)
     assert result["imported"] == []                               # no torch, no onnx package, no project code
     assert round(result["accuracy"] * len(eval_set)) == round(onnx_accuracy(data, eval_set) * len(eval_set))
+
+
+@pytest.mark.slow
+def test_cli_export_onnx_prints_the_comparison(tmp_path, capsys):
+    from compression.cli import main
+    from compression.files import save_model
+
+    path = save_model(tiny_model(), tmp_path / "tiny.safetensors")
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", str(path), "--format", "onnx", "--out", str(out), "--sample", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"] == len(out.read_bytes()) and report["format"] == "fp32"
+    assert report["pytorch_fp32"]["agreement"] == 1.0 and report["pytorch_fp32"]["max_abs_diff"] <= 1e-4
+    assert set(report["latency_ms"]) == {"batch 1", "batch 256"}
+    assert set(report["latency_ms"]["batch 1"]) == {"onnx", "pytorch_fp32"}
+    load_onnx(out.read_bytes(), "tiny.onnx")
+
+
+@pytest.mark.slow
+def test_a_variant_downloads_as_onnx_and_the_job_verifies_it():
+    from compression.export import downloads
+    from compression.jobs import onnx_export
+    from compression.variant import measure_variant
+
+    variant = measure_variant(prune(tiny_model(), 0.5), "pruned", name="tiny pruned")
+    files = {kind: make for _, kind, make in downloads(variant)}
+    data = files["onnx"]()
+    model = load_onnx(data, "tiny.onnx")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - variant.model(x)).abs().max().item() <= 1e-4
+    assert "int8.onnx" not in files                       # until the int8 job has made one
+    blob, report = onnx_export(variant, toy_set(32), lambda **kw: None, lambda: False)
+    assert report["pytorch_fp32"]["agreement"] == 1.0 and len(blob) == len(data)
+    variant.artifacts["onnx_int8"] = b"bytes made by the job"
+    assert {kind for _, kind, _ in downloads(variant)} >= {"onnx", "int8.onnx"}
