@@ -25,8 +25,9 @@ piecewise-linear relaxation whenever the budget falls on a vertex. With `exact=T
 taken only part of the way (a resource that is a count, e.g. nonzero weights), so that R = B exactly;
 its loss is interpolated linearly along the hull edge.
 
-Predicted loss everywhere (`predicted_loss`) is the piecewise-linear interpolation of the *measured*
-points, not of the hulls, so that an allocation and the uniform one are compared on the same terms.
+A layer's predicted loss at any resource (`interpolate`) is the piecewise-linear interpolation of the
+*measured* points, not of the hull, so that an allocation and the uniform one are compared on the
+same terms.
 """
 from __future__ import annotations
 
@@ -150,7 +151,3 @@ def interpolate(curve: Curve, resource: float) -> float:
             return d[j - 1] + t * (d[j] - d[j - 1])
     return d[-1]
 
-
-def predicted_loss(curves: dict[str, Curve], resource: dict[str, float]) -> float:
-    """D = Σ_l d_l(r_l), each d_l interpolated on the measured points."""
-    return sum(interpolate(curves[name], r) for name, r in resource.items())
