@@ -65,6 +65,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="bundled sample, tiny budgets: checks the script runs")
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--render", action="store_true", help="only rewrite AUTO.md from the auto_results.json in --out")
+    p.add_argument("--parts", default="prune,bits,onnx", help="comma-separated sections to run (prune, bits, onnx)")
+    p.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help="training images sensitivity is measured on")
     args = p.parse_args()
     if args.render:
         saved = json.loads((Path(args.out) / "auto_results.json").read_text())
@@ -77,7 +79,7 @@ def main():
         calib_images, epochs = 128, 0.02
     else:
         train_set, test_set = D.load_cifar10(args.data, "train"), D.load_cifar10(args.data, "test")
-        calib_images, epochs = CALIB_IMAGES, FINETUNE
+        calib_images, epochs = args.calib_images, FINETUNE
     calib = train_set.subset(slice(len(train_set) - calib_images, len(train_set)), "calibration")
     base, _ = load_model(args.model)
     results = {"pruning": [], "layers": {}, "bits": [], "onnx": {}}
@@ -92,7 +94,18 @@ def main():
     base_acc = acc(base)
     log(f"baseline {base_acc} %")
 
+    parts = set(args.parts.split(","))
     # Pruning --------------------------------------------------------------------------------------------
+    if "prune" in parts:
+        prune_section(base, calib, calib_images, train_set, epochs, results, acc, log)
+    if "bits" in parts:
+        bits_section(base, calib, calib_images, results, acc, log)
+    if "onnx" in parts:
+        onnx_section(base, train_set, test_set, results, log)
+    finish(args, started, loads, test_set, base_acc, calib_images, epochs, results)
+
+
+def prune_section(base, calib, calib_images, train_set, epochs, results, acc, log):
     config = AutoPruneConfig(target_sparsity=TARGETS[0], calib_images=calib_images)
     t0 = time.time()
     sensitivity = measure_sensitivity(base, config, calib)
@@ -121,7 +134,8 @@ def main():
             log(json.dumps(row))
         results.setdefault("rules", {})[str(target)] = {"predicted": by_prediction.rule, "measured": allocation.rule}
 
-    # Mixed precision -----------------------------------------------------------------------------------
+
+def bits_section(base, calib, calib_images, results, acc, log):
     for criterion in ("loss", "sqnr"):
         probe = AutoQuantConfig(1, criterion=criterion, calib_images=calib_images)
         bits_sensitivity = bit_sensitivity(base, probe, calib)
@@ -140,7 +154,8 @@ def main():
             results["bits"].append(row)
             log(json.dumps(row))
 
-    # ONNX ------------------------------------------------------------------------------------------------
+
+def onnx_section(base, train_set, test_set, results, log):
     fp32_onnx = export_fp32(base)
     results["onnx"]["fp32"] = verify(OnnxModel(fp32_onnx), {"pytorch_fp32": plain_weights(base).eval()}, test_set,
                                      repeats=LATENCY_REPEATS)
@@ -153,6 +168,8 @@ def main():
                                 "onnx int8 QDQ": len(int8_onnx), "pt2 int8 (PT2E)": len(int8_export_bytes(pt2e))}
     log("int8 ONNX verified")
 
+
+def finish(args, started, loads, test_set, base_acc, calib_images, epochs, results):
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "minutes": round((time.time() - started) / 60, 1),
             "load_min": min(loads), "load_mean": round(statistics.mean(loads), 1), "load_max": max(loads),
@@ -161,7 +178,7 @@ def main():
     out = Path(args.out)
     (out / "auto_results.json").write_text(json.dumps({"meta": meta, **results}, indent=1) + "\n")
     (out / "AUTO.md").write_text(render(meta, results))
-    log(f"wrote {out / 'AUTO.md'}")
+    print(f"wrote {out / 'AUTO.md'}", flush=True)
 
 
 def pct(x) -> str:
@@ -181,6 +198,7 @@ def render(meta: dict, r: dict) -> str:
              f"**{meta['baseline']:.2f} %**. Sensitivity is measured on {meta['calib_images']:,} training images; "
              f"every budget was fixed in `bench/auto_results.py` before the run (its docstring), nothing was "
              f"tuned on the test set." + (" **QUICK RUN: a smoke test, not results.**" if meta["quick"] else ""), ""]
+    lines += [*meta.get("notes", []), ""] if meta.get("notes") else []
     lines += ["## Pruning: auto against uniform and global magnitude", "",
               f"One-shot, then the same fine-tuning for every model ({meta['finetune_epochs']:g} epoch over the "
               f"training set, lr {FINETUNE_LR} cosine, masks kept). The predicted loss is the calibration loss "
@@ -194,23 +212,25 @@ def render(meta: dict, r: dict) -> str:
                      f"{row['predicted_calib_loss']:.3f} | {row['calib_loss']:.3f} | {pct(row['one_shot'])} | "
                      f"{pct(row['finetuned'])} | {row['packed_kib']} |")
     lines += [""]
-    for t, rules in r["rules"].items():
+    for t, rules in r.get("rules", {}).items():
         candidates = ", ".join(f"{k} {v:.3f}" for k, v in r["candidates"][t].items())
         lines.append(f"- {float(t):.0%}: by prediction, {rules['predicted']} won; measured on the calibration "
                      f"images (loss: {candidates}), {rules['measured']} won.")
-    lines += ["", "Per-layer sparsity (what the app's bar chart draws):", "",
+    lines += ["", "Per-layer sparsity (what the app's bar chart draws):", ""] if r.get("layers") else []
+    lines += [] if not r.get("layers") else [
               "| layer | weights | " + " | ".join(f"{float(t):.0%} auto (predicted) | auto (measured) | uniform | global"
                                                   for t in r["layers"]) + " |",
               "| --- | --- | " + " | ".join("--- | --- | --- | ---" for _ in r["layers"]) + " |"]
-    tables = list(r["layers"].values())
-    for i, first in enumerate(tables[0]):
+    tables = list(r.get("layers", {}).values())
+    for i, first in enumerate(tables[0] if tables else []):
         cells = " | ".join(f"{t[i]['predicted']:.2f} | {t[i]['auto']:.2f} | {t[i]['uniform']:.2f} | {t[i]['global']:.2f}"
                            for t in tables)
         lines.append(f"| {first['layer']} | {first['params']:,} | {cells} |")
     lines += ["", "## Mixed precision: auto bit widths against uniform at the same packed size", "",
               "Weights only, symmetric per-channel grids, no fine-tuning. The budget is the packed size of the "
               "uniform model; the auto model's packed size is at most that. Criterion \"loss\": calibration "
-              "loss with one layer rounded; \"sqnr\": the layer's relative noise power (data-free).", "",
+              f"loss with one layer rounded (on {meta.get('bits_calib_images', meta['calib_images']):,} training "
+              "images); \"sqnr\": the layer's relative noise power (data-free).", "",
               "| budget (bytes) | uniform | uniform (%) | criterion | auto (%) | auto bytes | mean bits | "
               "predicted loss auto / uniform | rule | widths (conv1 … fc) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
