@@ -67,6 +67,7 @@ def main():
     p.add_argument("--render", action="store_true", help="only rewrite AUTO.md from the auto_results.json in --out")
     p.add_argument("--parts", default="prune,bits,onnx", help="comma-separated sections to run (prune, bits, onnx)")
     p.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help="training images sensitivity is measured on")
+    p.add_argument("--finetune", type=float, default=FINETUNE, help="fine-tuning epochs of each pruned model")
     args = p.parse_args()
     if args.render:
         saved = json.loads((Path(args.out) / "auto_results.json").read_text())
@@ -79,7 +80,7 @@ def main():
         calib_images, epochs = 128, 0.02
     else:
         train_set, test_set = D.load_cifar10(args.data, "train"), D.load_cifar10(args.data, "test")
-        calib_images, epochs = args.calib_images, FINETUNE
+        calib_images, epochs = args.calib_images, args.finetune
     calib = train_set.subset(slice(len(train_set) - calib_images, len(train_set)), "calibration")
     base, _ = load_model(args.model)
     results = {"pruning": [], "layers": {}, "bits": [], "onnx": {}}
@@ -111,6 +112,7 @@ def prune_section(base, calib, calib_images, train_set, epochs, results, acc, lo
     sensitivity = measure_sensitivity(base, config, calib)
     results["sensitivity_minutes"] = round((time.time() - t0) / 60, 1)
     log("pruning sensitivity measured")
+    trials = []
     for target in TARGETS:
         greedy, by_prediction = auto_prune(base, AutoPruneConfig(target_sparsity=target, calib_images=calib_images,
                                                                  choose="predicted"), calib, sensitivity=sensitivity)
@@ -123,16 +125,21 @@ def prune_section(base, calib, calib_images, train_set, epochs, results, acc, lo
         results["layers"][str(target)] = [{**row, "predicted": first["auto"]}
                                           for first, row in zip(by_prediction.rows(), allocation.rows())]
         results.setdefault("candidates", {})[str(target)] = {k: round(v, 4) for k, v in allocation.measured.items()}
-        for name, model in models.items():
+        results.setdefault("rules", {})[str(target)] = {"predicted": by_prediction.rule, "measured": allocation.rule}
+        log(json.dumps({"layers": results["layers"][str(target)], "candidates": results["candidates"][str(target)],
+                        "rules": results["rules"][str(target)], "target": target}))
+        for name, model in models.items():      # every one-shot result first, then the fine-tuning
             row = {"target": target, "allocation": name, "sparsity": round(sparsity(model), 6),
                    "predicted_calib_loss": round(predicted[name], 4),
-                   "calib_loss": round(evaluate(model, calib).loss, 4), "one_shot": acc(model)}
-            run_to_end(finetune(model, train_set, epochs, lr=FINETUNE_LR, seed=0))
-            row["finetuned"] = acc(model)
-            row["packed_kib"] = round(packed_size(model) / 1024, 1)
+                   "calib_loss": round(evaluate(model, calib).loss, 4), "one_shot": acc(model), "finetuned": None,
+                   "packed_kib": round(packed_size(model) / 1024, 1)}
             results["pruning"].append(row)
+            trials.append((row, model))
             log(json.dumps(row))
-        results.setdefault("rules", {})[str(target)] = {"predicted": by_prediction.rule, "measured": allocation.rule}
+    for row, model in trials:
+        run_to_end(finetune(model, train_set, epochs, lr=FINETUNE_LR, seed=0))
+        row["finetuned"] = acc(model)
+        log(json.dumps(row))
 
 
 def bits_section(base, calib, calib_images, results, acc, log):
@@ -185,6 +192,25 @@ def pct(x) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def onnx_lines(onnx: dict) -> list[str]:
+    lines = ["", "## ONNX exports in ONNX Runtime", "",
+              "Latency: median CPU time of one forward pass, the models of a row group timed in turn within "
+              "one loop (PT2E int8 compiled by torch.compile first).", "",
+              "| export | runtime | accuracy (%) | same top-1 as the ONNX model | batch 1 (ms) | batch 256 (ms) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for kind, report in (("fp32", onnx["fp32"]), ("int8", onnx["int8"])):
+        lat = report["latency_ms"]
+        lines.append(f"| {kind} | ONNX Runtime | {100 * report['onnx']['accuracy']:.2f} | — | "
+                     f"{lat['batch 1']['onnx']:.2f} | {lat['batch 256']['onnx']:.0f} |")
+        for name in (k for k in report if k not in ("onnx", "latency_ms", "images")):
+            ref = report[name]
+            lines.append(f"| {kind} | {name.replace('_', ' ')} | {100 * ref['accuracy']:.2f} | "
+                         f"{100 * ref['agreement']:.2f} % (max logit diff {ref['max_abs_diff']:.2g}) | "
+                         f"{lat['batch 1'][name]:.2f} | {lat['batch 256'][name]:.0f} |")
+    lines += ["", "File sizes: " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in onnx["bytes"].items()) + ".", ""]
+    return lines
+
+
 def render(meta: dict, r: dict) -> str:
     """The results as docs/AUTO.md."""
     lines = ["# Automatic per-layer compression and ONNX exports, on the pretrained resnet20", "",
@@ -203,7 +229,7 @@ def render(meta: dict, r: dict) -> str:
               f"One-shot, then the same fine-tuning for every model ({meta['finetune_epochs']:g} epoch over the "
               f"training set, lr {FINETUNE_LR} cosine, masks kept). The predicted loss is the calibration loss "
               f"the sensitivity curves predict (base + Σ per-layer increases); the measured one is the same "
-              f"loss measured on the pruned model. Measuring the curves took {r['sensitivity_minutes']} minutes "
+              f"loss measured on the pruned model. Measuring the curves took {r.get('sensitivity_minutes', '—')} minutes "
               f"(22 layers × 13 levels); allocating a target from them takes a moment.", "",
               "| target | allocation | sparsity | predicted calib loss | measured calib loss | one-shot (%) | "
               "fine-tuned (%) | packed (KiB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -239,22 +265,8 @@ def render(meta: dict, r: dict) -> str:
         lines.append(f"| {row['budget_bytes']:,} | {row['uniform_bits']}-bit | {pct(row['uniform_accuracy'])} | "
                      f"{row['criterion']} | {pct(row['auto_accuracy'])} | {row['auto_bytes']:,} | {row['mean_bits']} | "
                      f"{row['predicted']:.3f} / {row['uniform_predicted']:.3f} | {row['rule']} | {widths} |")
-    onnx = r["onnx"]
-    lines += ["", "## ONNX exports in ONNX Runtime", "",
-              "Latency: median CPU time of one forward pass, the models of a row group timed in turn within "
-              "one loop (PT2E int8 compiled by torch.compile first).", "",
-              "| export | runtime | accuracy (%) | same top-1 as the ONNX model | batch 1 (ms) | batch 256 (ms) |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for kind, report in (("fp32", onnx["fp32"]), ("int8", onnx["int8"])):
-        lat = report["latency_ms"]
-        lines.append(f"| {kind} | ONNX Runtime | {100 * report['onnx']['accuracy']:.2f} | — | "
-                     f"{lat['batch 1']['onnx']:.2f} | {lat['batch 256']['onnx']:.0f} |")
-        for name in (k for k in report if k not in ("onnx", "latency_ms", "images")):
-            ref = report[name]
-            lines.append(f"| {kind} | {name.replace('_', ' ')} | {100 * ref['accuracy']:.2f} | "
-                         f"{100 * ref['agreement']:.2f} % (max logit diff {ref['max_abs_diff']:.2g}) | "
-                         f"{lat['batch 1'][name]:.2f} | {lat['batch 256'][name]:.0f} |")
-    lines += ["", "File sizes: " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in onnx["bytes"].items()) + ".", ""]
+    if r.get("onnx"):
+        lines += onnx_lines(r["onnx"])
     return "\n".join(lines)
 
 
