@@ -45,7 +45,7 @@ from .data import ImageSet, calibration_batches, to_float
 from .int8 import to_int8
 from .metrics import compare_latency
 from .qat import convert_qat
-from .train import evaluate, predict_logits
+from .train import predict_logits
 from .weights import plain_model
 
 OPSET = 20
@@ -146,7 +146,8 @@ def export_int8(model: nn.Module, calib: ImageSet, batches: int = 4, batch_size:
         fp32, prepared, out = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(proto, fp32)
         quant_pre_process(str(fp32), str(prepared))          # shape inference + graph clean-up, as ORT advises
-        quantize_static(str(prepared), str(out), CalibrationReader([to_float(b.images) for b in calibration_batches(calib, batches, batch_size)]),
+        images = [to_float(batch.images) for batch in calibration_batches(calib, batches, batch_size)]
+        quantize_static(str(prepared), str(out), CalibrationReader(images),
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
@@ -248,9 +249,4 @@ def export_and_verify(model: nn.Module, eval_set: ImageSet, int8: bool = False, 
     report = verify(OnnxModel(data), references, eval_set, latency)
     report["format"] = "int8 QDQ" if int8 else "fp32"
     return data, report
-
-
-def onnx_accuracy(data: bytes, eval_set: ImageSet) -> float:
-    """Top-1 accuracy of an ONNX file on `eval_set` (trusted bytes; see onnx_check for uploads)."""
-    return evaluate(OnnxModel(data), eval_set, device="cpu").accuracy
 

@@ -18,7 +18,7 @@ from compression.files import ModelFileError, load_model, state_dict_bytes
 from compression.int8 import quantize_pt2e
 from compression.models import create_model
 from compression.onnx_check import check_onnx, evaluate_onnx_upload, load_onnx
-from compression.onnx_export import OnnxModel, export_and_verify, export_fp32, export_int8, onnx_accuracy
+from compression.onnx_export import OnnxModel, export_and_verify, export_fp32, export_int8, verify
 from compression.prune import prune, strip
 from compression.structured import prune_filters
 from compression.train import evaluate, predict_logits
@@ -243,29 +243,59 @@ def test_int8_qdq_export_agrees_with_pytorch_int8_and_fp32(int8_export):
     assert len(data) < 0.5 * len(state_dict_bytes(model))          # int8 weights: about a quarter of fp32
 
 
+ONLY_ORT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])                      # the folder holding only numpy and onnxruntime
+try:
+    import torch
+    torch_found = True
+except ImportError:
+    torch_found = False
+import numpy as np, onnxruntime as ort
+options = ort.SessionOptions(); options.intra_op_num_threads = int(sys.argv[3])
+session = ort.InferenceSession(sys.argv[2] + "/model.onnx", options, providers=["CPUExecutionProvider"])
+x, y = np.load(sys.argv[2] + "/images.npy"), np.load(sys.argv[2] + "/labels.npy")
+logits = np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i:i + 250]})[0]
+                         for i in range(0, len(x), 250)])
+print(json.dumps({"correct": int((logits.argmax(1) == y).sum()), "torch_found": torch_found,
+                  "packages": sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("numpy",
+                                      "onnxruntime", "onnx", "torch", "compression")})}))
+"""
+
+
+def only_packages(folder, names: tuple[str, ...]):
+    """A folder holding links to these installed packages only (and their vendored `NAME.libs`): on the
+    path of a `python -I -S` (no site-packages), it is a Python where nothing else is installed."""
+    import importlib.util
+    from pathlib import Path
+
+    folder.mkdir()
+    for name in names:
+        package = Path(importlib.util.find_spec(name).origin).parent
+        for path in (package, package.with_name(f"{name}.libs")):
+            if path.exists():
+                (folder / path.name).symlink_to(path, target_is_directory=True)
+    return folder
+
+
 @pytest.mark.slow
 def test_int8_export_runs_in_a_fresh_python_with_only_onnxruntime_and_numpy(int8_export, tmp_path):
+    """The Done-when of issue 22: the downloaded int8 .onnx runs where only onnxruntime and numpy are
+    installed (no torch, no onnx package, no project code), to the accuracy the library reports (verify's
+    "onnx" accuracy: what the app's ONNX download shows)."""
     _, _, eval_set, data = int8_export
     (tmp_path / "model.onnx").write_bytes(data)
     np.save(tmp_path / "images.npy", D.to_float(eval_set.images).numpy())
     np.save(tmp_path / "labels.npy", eval_set.labels.numpy())
-    code = """
-import json, sys
-import numpy as np, onnxruntime as ort
-options = ort.SessionOptions(); options.intra_op_num_threads = int(sys.argv[2])
-session = ort.InferenceSession(sys.argv[1] + "/model.onnx", options, providers=["CPUExecutionProvider"])
-x, y = np.load(sys.argv[1] + "/images.npy"), np.load(sys.argv[1] + "/labels.npy")
-logits = np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i:i + 250]})[0]
-                         for i in range(0, len(x), 250)])
-print(json.dumps({"accuracy": float((logits.argmax(1) == y).mean()),
-                  "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "compression", "onnx"))}))
-"""
-    out = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path), str(torch.get_num_threads())],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    site = only_packages(tmp_path / "site", ("numpy", "onnxruntime"))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", ONLY_ORT, str(site), str(tmp_path),
+                          str(torch.get_num_threads())], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["imported"] == []                               # no torch, no onnx package, no project code
-    assert round(result["accuracy"] * len(eval_set)) == round(onnx_accuracy(data, eval_set) * len(eval_set))
+    assert not result["torch_found"]                              # torch is not even installed there
+    assert result["packages"] == ["numpy", "onnxruntime"]
+    reported = verify(OnnxModel(data), {}, eval_set, latency=False)["onnx"]["accuracy"]
+    assert result["correct"] == round(reported * len(eval_set))
 
 
 @pytest.mark.slow
@@ -302,3 +332,12 @@ def test_a_variant_downloads_as_onnx_and_the_job_verifies_it():
     assert report["pytorch_fp32"]["agreement"] == 1.0 and len(blob) == len(data)
     variant.artifacts["onnx_int8"] = b"bytes made by the job"
     assert {kind for _, kind, _ in downloads(variant)} >= {"onnx", "int8.onnx"}
+
+
+def test_cli_export_int8_without_format_onnx_says_what_to_add(tmp_path, capsys):
+    from compression.cli import main
+
+    assert main(["export", str(tmp_path / "any.safetensors"), "--int8", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: export --int8 makes an int8 ONNX file: add --format onnx")
+    assert not (tmp_path / "x").exists()
