@@ -9,6 +9,7 @@ from compression.train import evaluate
 from compression.variant import file_stem, measure_variant, pareto_frontier, report_csv, report_json
 from ui import charts, state
 from ui.format import accuracy, kib, plain
+from ui import onnx_download
 
 
 def intro() -> None:
@@ -76,7 +77,7 @@ def download_buttons(book) -> None:
             a, b = st.columns([2, 3])
             a.markdown(f"**{plain(v.name)}**  \n{plain(v.recipe)}  \n{accuracy(v.metrics.eval_accuracy)} · "
                        f"packed {kib(v.metrics.bytes_packed)}")
-            cols = b.columns(3)
+            cols = b.columns(5)
             for col, (label, kind, make) in zip(cols, downloads(v)):
                 col.download_button(label, make, f"{file_stem(v)}.{kind}", "application/octet-stream",
                                     key=f"dl-{v.id}-{kind}", on_click="ignore", width="stretch")
@@ -133,6 +134,7 @@ def compare_page() -> None:
         variants_table(rows)
         chart_and_reports(rows)
         download_buttons(book)
+        onnx_download.section(book, data)
     upload_form(data)
 
 

@@ -10,6 +10,7 @@ from ui import cached, charts, lesson, safety, state
 from ui.format import accuracy
 from ui.jobs import training_job_status
 from ui.keep import keep_button
+from ui import auto
 
 METHODS = {"magnitude": "Magnitude |w|", "random": "Random", "gradient": "Gradient |w·∂L/∂w|",
            "structured": "Structured: whole filters"}
@@ -220,6 +221,7 @@ def prune_page() -> None:
     curves(variant, data, calib, method, criterion, scope, exempt, fraction, acc)
     sensitivity(variant, data)
     keep_it(variant, pruned, data, technique, settings, percent)
+    auto.prune_block(variant, data)
 
 
 prune_page()

@@ -11,6 +11,7 @@ from ui import cached, charts, lesson, safety, state
 from ui.format import accuracy, plain
 from ui.jobs import job_status, training_job_status
 from ui.keep import keep_button
+from ui import auto
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8, "bf16", "fp16"]
 
@@ -183,6 +184,7 @@ def quantize_page() -> None:
     inspect(model, q_model, acc, before_acc, choice)
     accuracy_against_bits(variant, data, calib, choice, acc)
     keep_it(variant, q_model, data, choice)
+    auto.quantize_block(variant, data)
 
 
 quantize_page()
