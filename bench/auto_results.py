@@ -25,7 +25,6 @@ the run; nothing was tuned on the test set.
 --quick runs everything on the bundled sample with tiny budgets: a smoke test of the script, not results.
 Writes docs/AUTO.md and docs/auto_results.json.
 """
-import argparse
 import json
 import os
 import platform
@@ -50,6 +49,7 @@ from compression.quantize import quantize_weights  # noqa: E402
 from compression.schedule import finetune  # noqa: E402
 from compression.train import cpu_model, evaluate, run_to_end  # noqa: E402
 from compression.weights import plain_model  # noqa: E402
+from doc_args import doc_parser  # noqa: E402
 
 TARGETS = (0.7, 0.9)
 CALIB_IMAGES = 1024
@@ -60,12 +60,7 @@ LATENCY_REPEATS = 7
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", help="CIFAR-10 folder (default $CIFAR10_ROOT or ./data)")
-    p.add_argument("--model", default=str(ROOT / "assets" / "resnet20.safetensors"))
-    p.add_argument("--quick", action="store_true", help="bundled sample, tiny budgets: checks the script runs")
-    p.add_argument("--out", default=str(ROOT / "docs"))
-    p.add_argument("--render", action="store_true", help="only rewrite AUTO.md from the auto_results.json in --out")
+    p = doc_parser("AUTO.md", "bundled sample, tiny budgets: checks the script runs")
     p.add_argument("--parts", default="prune,bits,onnx", help="comma-separated sections to run (prune, bits, onnx)")
     p.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help="training images sensitivity is measured on")
     p.add_argument("--finetune", type=float, default=FINETUNE, help="fine-tuning epochs of each pruned model")

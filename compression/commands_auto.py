@@ -40,16 +40,13 @@ def cmd_prune_auto(args) -> int:
                          "--structured (drop one of the two)")
     data = Data(args)
     base = load_variant(args.model, data, args.arch)
-    try:
-        config = AutoPruneConfig(target_sparsity=None if args.budget_kib else args.amount,
-                                 target_bytes=round(args.budget_kib * 1024) if args.budget_kib else None,
-                                 method=args.method, exempt=FIRST_AND_LAST if args.keep_first_last else (),
-                                 calib_images=args.calib_images)
-        model, allocation = auto_prune(base.model, config, calibration_images(data, args.calib_images),
-                                       None if args.json else sensitivity_progress)
-    except ValueError as exc:        # a budget the model cannot meet, or a setting out of range
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # A budget the model cannot meet, or a setting out of range, raises ValueError: cli.main prints its message.
+    config = AutoPruneConfig(target_sparsity=None if args.budget_kib else args.amount,
+                             target_bytes=round(args.budget_kib * 1024) if args.budget_kib else None,
+                             method=args.method, exempt=FIRST_AND_LAST if args.keep_first_last else (),
+                             calib_images=args.calib_images)
+    model, allocation = auto_prune(base.model, config, calibration_images(data, args.calib_images),
+                                   None if args.json else sensitivity_progress)
     if not args.json:
         print_allocation(allocation.rows(), ("auto", "uniform", "global"), ".3f")
     if args.finetune_epochs:
@@ -73,15 +70,11 @@ def cmd_quantize_auto(args) -> int:
         raise D.DataError("quantize --auto needs --budget-kib N: the packed size the model must fit in")
     data = Data(args)
     base = load_variant(args.model, data, args.arch)
-    try:
-        config = AutoQuantConfig(round(args.budget_kib * 1024), criterion=args.criterion,
-                                 symmetric=args.mode == "symmetric", per_channel=args.granularity == "per-channel",
-                                 calib_images=args.calib_images)
-        model, allocation = auto_quantize(base.model, config, calibration_images(data, args.calib_images),
-                                          None if args.json else sensitivity_progress)
-    except ValueError as exc:        # a budget below the narrowest widths, or a setting out of range
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = AutoQuantConfig(round(args.budget_kib * 1024), criterion=args.criterion,   # ValueError: as above
+                             symmetric=args.mode == "symmetric", per_channel=args.granularity == "per-channel",
+                             calib_images=args.calib_images)
+    model, allocation = auto_quantize(base.model, config, calibration_images(data, args.calib_images),
+                                      None if args.json else sensitivity_progress)
     if not args.json:
         print_allocation(allocation.rows(), ("auto", "uniform"), "")
     settings = {"bits": "auto", "mean_bits": round(allocation.mean_bits, 3), "budget_bytes": config.budget_bytes,

@@ -44,6 +44,7 @@ from torch import nn
 from .data import ImageSet, calibration_batches, to_float
 from .int8 import to_int8
 from .metrics import compare_latency
+from .models import InferenceOnly
 from .qat import convert_qat
 from .train import predict_logits
 from .weights import plain_model
@@ -134,9 +135,11 @@ class CalibrationReader:
 
 
 def export_int8(model: nn.Module, calib: ImageSet, batches: int = 4, batch_size: int = 128,
-                metadata: dict | None = None) -> bytes:
+                metadata: dict | None = None, calibrate: str = "MinMax") -> bytes:
     """The model's plain weights as an int8 QDQ ONNX file, calibrated on `batches` batches of `calib`
-    (the same images int8.to_int8 calibrates on); checked with onnx.checker."""
+    (the same images int8.to_int8 calibrates on); checked with onnx.checker. `calibrate` names
+    onnxruntime's CalibrationMethod for the activation ranges: MinMax (the default, as PT2E's observers),
+    Percentile (99.999th) or Entropy (bench/onnx_int8_agreement.py compares them)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -150,7 +153,7 @@ def export_int8(model: nn.Module, calib: ImageSet, batches: int = 4, batch_size:
         quantize_static(str(prepared), str(out), CalibrationReader(images),
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod[calibrate])
         data = out.read_bytes()
     result = onnx.load_model_from_string(data)
     drop_unused_domains(result)
@@ -159,13 +162,13 @@ def export_int8(model: nn.Module, calib: ImageSet, batches: int = 4, batch_size:
     return result.SerializeToString()
 
 
-class OnnxModel:
+class OnnxModel(InferenceOnly):
     """An ONNX file in an ONNX Runtime CPU session, called like the float model: float images in [0, 1]
     of shape (N, 3, 32, 32) → logits (N, 10), as torch tensors. Inference only. `threads` defaults to
     torch's, so that comparisons with PyTorch use the same cores. Trusted bytes only: a user's file
     goes through onnx_check.load_onnx first."""
 
-    training = False
+    kind = "an ONNX model"
 
     def __init__(self, data: bytes, threads: int | None = None):
         import onnxruntime as ort
@@ -197,14 +200,6 @@ class OnnxModel:
     def parameters(self):
         """One empty CPU tensor: where train.predict_logits looks for the model's device."""
         return iter([self._device])
-
-    def eval(self) -> "OnnxModel":
-        return self
-
-    def train(self, mode: bool = True) -> "OnnxModel":
-        if mode:
-            raise RuntimeError("an ONNX model is for inference only; fine-tune the PyTorch model instead")
-        return self
 
 
 def agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:

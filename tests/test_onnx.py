@@ -233,8 +233,12 @@ def test_int8_qdq_export_agrees_with_pytorch_int8_and_fp32(int8_export):
     with torch.no_grad():                               # the converted PT2E program, uncompiled (same arithmetic)
         pt2e_pred = quantize_pt2e(model, train)(D.to_float(eval_set.images)).argmax(1)
     same = ((onnx_pred == pt2e_pred) | (onnx_pred == fp32_pred)).float().mean().item()
-    # Same top-1 as PyTorch int8 or fp32 on ≥ 98.5 % of the images (measured 98.8 %). Not 99 %: on these
-    # images 8-bit rounding alone flips 1.3 % of resnet8's answers (PT2E int8 and fp32 agree on 98.7 %).
+    # Same top-1 as PyTorch int8 or fp32 on ≥ 98.5 % of the images (measured 98.8 %), not the 99 % issue 22
+    # asks for: on these images 8-bit rounding alone flips 1.3 % of resnet8's answers (PyTorch's own PT2E int8
+    # and fp32 agree on 98.7 %), and no calibration of the ONNX export reached 99 % either (same as fp32 / as
+    # PT2E / as either: MinMax 4 × 128 images 98.4 / 97.9 / 98.8 %, MinMax 16 × 128 97.8 / 97.9 / 98.5 %,
+    # Percentile 98.1 / 98.4 / 98.9 %, Entropy 97.8 / 97.9 / 98.5 %; `python bench/onnx_int8_agreement.py`,
+    # on an AVX2 CPU without VNNI, where ONNX Runtime's kernels need 7-bit weights: onnx_export's docstring).
     assert same >= 0.985
     assert (pt2e_pred == fp32_pred).float().mean().item() < 0.99      # that noise floor, as measured
     accuracy = (onnx_pred == eval_set.labels).float().mean().item()
@@ -341,3 +345,10 @@ def test_cli_export_int8_without_format_onnx_says_what_to_add(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: export --int8 makes an int8 ONNX file: add --format onnx")
     assert not (tmp_path / "x").exists()
+
+
+def test_an_onnx_model_is_for_inference_only(exports):
+    model = OnnxModel(exports["dense"])
+    assert model.eval() is model and model.train(False) is model and model.training is False
+    with pytest.raises(RuntimeError, match="an ONNX model is for inference only; fine-tune the float PyTorch"):
+        model.train()
