@@ -17,7 +17,7 @@ from helpers import toy_set
 
 pytest.importorskip("streamlit")
 from ui.auto import allocation_chart, run_auto  # noqa: E402
-from ui.onnx_download import report_table, run_export  # noqa: E402
+from ui.onnx_download import report_table, run_export, upload_message  # noqa: E402
 
 LEVELS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
@@ -74,6 +74,10 @@ def test_onnx_job_result_and_its_table(parent):
     assert table["accuracy"][0] == f"{100 * report['onnx']['accuracy']:.1f} %"
     assert table["same top-1 as ONNX"][1] == "100.0 %"
     assert all(cell.endswith(" ms") for cell in table["batch 256"])
+    kind, message = upload_message(data, "tiny.onnx", eval_set)             # the same file, uploaded
+    assert kind == "success" and message.startswith(f"tiny.onnx in ONNX Runtime: {table['accuracy'][0]} on 40 ")
+    kind, message = upload_message(data[: len(data) // 2], "cut.onnx", eval_set)
+    assert kind == "error" and message.startswith("Could not use cut.onnx: cut.onnx ") and "Export the model again" in message
 
 
 def test_the_quantize_pages_auto_mode_runs_as_a_job_and_its_variants_join_the_table(tmp_path, monkeypatch):

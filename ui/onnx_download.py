@@ -2,13 +2,16 @@
 training images), run in ONNX Runtime on the eval subset against the PyTorch model(s) in a background job
 (compression/jobs.py: onnx_export), with its accuracy, top-1 agreement and CPU latency shown beside the
 download. The file runs with only `onnxruntime` and `numpy` installed. A page adds it with one call:
-`onnx_download.section(book, data)`."""
+`onnx_download.section(book, data)`. An uploaded .onnx of a CIFAR ResNet is checked (onnx_check: protobuf
+data, standard operators only; nothing in it runs as Python) and evaluated the same way."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from compression.files import ModelFileError
 from compression.jobs import onnx_export
+from compression.onnx_check import evaluate_onnx_upload
 from compression.variant import file_stem
 
 from . import safety, state
@@ -62,6 +65,29 @@ def result(book) -> None:
     st.code(RUN_IT.format(name=name), language="python")
 
 
+def upload_message(data: bytes, name: str, eval_set) -> tuple[str, str]:
+    """Check and evaluate an uploaded .onnx: ("success" | "error", what the page says)."""
+    try:
+        r = evaluate_onnx_upload(data, name, eval_set)
+    except ModelFileError as exc:
+        return "error", f"Could not use {plain(name)}: {plain(exc)}"
+    return "success", (f"{plain(name)} in ONNX Runtime: {accuracy(r['accuracy'])} on {r['images']:,} eval-subset "
+                       f"images, {kib(r['bytes'])}, batch 1 {ms(r['latency_b1_ms'])}, batch 256 "
+                       f"{ms(r['latency_b256_ms'])}; operators {plain(', '.join(r['operators']))}.")
+
+
+def upload(data: state.DataInUse) -> None:
+    """An .onnx file to evaluate in ONNX Runtime (it does not join the variants: it is not a PyTorch model)."""
+    file = st.file_uploader("Evaluate an .onnx file of a CIFAR ResNet", type=["onnx"], key="onnx_upload")
+    if file is not None and st.session_state.get("_onnx_uploaded") != file.file_id:
+        st.session_state["_onnx_uploaded"] = file.file_id
+        with st.spinner("Checking the file and running it on the eval subset…"):
+            st.session_state["_onnx_message"] = upload_message(file.getvalue(), file.name[:80], data.eval)
+    message = st.session_state.get("_onnx_message")
+    if message:
+        (st.success if message[0] == "success" else st.error)(message[1])
+
+
 def section(book, data: state.DataInUse) -> None:
     st.subheader("ONNX for ONNX Runtime")
     variants = list(book)
@@ -78,3 +104,4 @@ def section(book, data: state.DataInUse) -> None:
         start_job(KIND, f"ONNX {fmt}", lambda j: run_export(j, variant, eval_set, int8, calib),
                   "An ONNX export is still running: wait for it or stop it.")
     result(book)
+    upload(data)
