@@ -6,7 +6,9 @@ bundled test images), for several ways of calibrating its activation ranges:
 Each method is onnx_export.export_int8's `calibrate` with that many batches of 128 bundled training
 images. Printed per method: the ONNX model's accuracy and its top-1 agreement with PyTorch fp32, with
 PT2E int8 (the converted program, uncompiled: the same arithmetic) and with either; and the floor that
-rounding to 8 bits sets, PT2E int8 against fp32. Writes nothing; tests/test_onnx.py quotes the figures.
+rounding to 8 bits sets, PT2E int8 against fp32. Also PT2E int8 compiled (int8.to_int8), whose oneDNN
+kernels on a CPU without VNNI add pairs of u8 × s8 products in saturating 16-bit arithmetic. Writes
+nothing; tests/test_onnx.py and docs/AUTO.md quote the figures.
 """
 import argparse
 import os
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from compression import data as D  # noqa: E402
 from compression.files import load_model  # noqa: E402
-from compression.int8 import quantize_pt2e  # noqa: E402
+from compression.int8 import quantize_pt2e, to_int8  # noqa: E402
 from compression.onnx_export import OnnxModel, export_int8  # noqa: E402
 from compression.train import predict_logits  # noqa: E402
 
@@ -43,8 +45,10 @@ def main():
         pt2e = quantize_pt2e(model, train)(D.to_float(ev.images)).argmax(1)
     print(f"{args.arch}, {len(ev)} eval-subset images, {torch.get_num_threads()} threads, "
           f"load {os.getloadavg()[0]:.1f}")
+    compiled = predict_logits(to_int8(model, train), ev.images, device="cpu").argmax(1)
     print(f"fp32 accuracy {same(fp32, ev.labels)}; PT2E int8 accuracy {same(pt2e, ev.labels)}, "
-          f"same top-1 as fp32 on {same(pt2e, fp32)}")
+          f"same top-1 as fp32 on {same(pt2e, fp32)}; compiled {same(compiled, ev.labels)}, same top-1 as fp32 on "
+          f"{same(compiled, fp32)}")
     print("| calibration | batches | accuracy | same as fp32 | same as PT2E int8 | same as either | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for item in args.methods.split(","):
