@@ -28,7 +28,7 @@ def calibration(data: state.DataInUse):
 
 def run_auto(job, make, *args) -> list:
     """Run jobs.auto_*_variants(*args, report, stop) in the worker: its per-layer progress becomes the
-    progress bar's steps, the allocation's rows a "allocation" event the page draws; returns the variants."""
+    progress bar's steps, the allocation's rows an "allocation" event the page draws; returns the variants."""
     def report(done=None, total=None, **fields):
         if done is not None:
             fields.update(step=done, total_steps=total, message=f"Sensitivity: layer {done} of {total}")
