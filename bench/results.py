@@ -7,7 +7,6 @@ Every budget is stated in the table; nothing is tuned on the test set (settings 
 Latency ratios are measured in one run, models timed in turn. --quick shrinks every budget (a smoke
 test of the script, not results). Writes docs/RESULTS.md and docs/results.json.
 """
-import argparse
 import json
 import platform
 import statistics
@@ -31,6 +30,7 @@ from compression.schedule import finetune, gradual_prune
 from compression.share import bake_shared, cluster_weights, prepare_shared
 from compression.structured import channel_counts, prune_to_macs, recalibrate_batchnorm
 from compression.train import TrainConfig, cpu_model, evaluate, run_to_end, train
+from doc_args import doc_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,13 +84,7 @@ PICK_IMAGES = 2000      # the last images of the training split
 RECALIBRATION_IMAGES = 2048   # the first ones
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", help="CIFAR-10 folder (default $CIFAR10_ROOT or ./data)")
-    p.add_argument("--model", default=str(ROOT / "assets" / "resnet20.safetensors"))
-    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs")
-    p.add_argument("--out", default=str(ROOT / "docs"))
-    p.add_argument("--render", action="store_true",
-                   help="only rewrite RESULTS.md from the results.json of an earlier run in --out")
+    p = doc_parser("RESULTS.md", "tiny budgets: checks the script runs")
     args = p.parse_args()
     if args.render:
         saved = json.loads((Path(args.out) / "results.json").read_text())

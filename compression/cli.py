@@ -8,12 +8,14 @@ import sys
 from . import data as D
 from .commands import (cmd_cluster, cmd_distill, cmd_download, cmd_evaluate, cmd_export, cmd_info, cmd_pipeline,
                        cmd_prune, cmd_quantize, cmd_report, cmd_train)
+from .commands_auto import cmd_export_onnx, cmd_prune_auto, cmd_quantize_auto
 from .files import ModelFileError
 from .metrics import keep_freed_memory
 from .models import ARCHS
 from .train import CheckpointError
 
-# This module is the parser and the entry point; the verbs themselves are in commands.py.
+# This module is the parser and the entry point; the verbs themselves are in commands.py (and, where the tool
+# chooses per-layer settings or writes ONNX, in commands_auto.py: see chosen_verb).
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+    def calib_images(p):
+        p.add_argument("--calib-images", type=int, default=1024,
+                       help="--auto: training images the sensitivity is measured on")
+
     def common(p, out=True):
         p.add_argument("--arch", choices=ARCHS, help="architecture, when the file does not say")
         if out:
@@ -98,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-macs", type=float, help="structured: prune until MACs <= this fraction")
     p.add_argument("--round-to", type=int, help="structured: keep channel counts multiples of this")
     p.add_argument("--finetune-epochs", type=float, default=0)
+    p.add_argument("--auto", action="store_true", help="choose each layer's sparsity from its measured sensitivity, "
+                   "reaching --amount overall exactly (or --budget-kib)")
+    p.add_argument("--budget-kib", type=float, help="--auto: prune until the packed file fits in this many KiB")
+    calib_images(p)
     common(p)
     p.set_defaults(func=cmd_prune)
 
@@ -110,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=["minmax", "percentile", "mse"], default="minmax")
     p.add_argument("--qat-epochs", type=float, default=0, help="quantization-aware training epochs")
     p.add_argument("--int8", action="store_true", help="real int8 (PT2E); --out writes the .pt2 program")
+    p.add_argument("--auto", action="store_true", help="mixed precision: a width from 2 to 8 bits per layer, "
+                   "chosen from its measured sensitivity so that the packed file fits --budget-kib")
+    p.add_argument("--budget-kib", type=float, help="--auto: the packed size to fit in, in KiB")
+    p.add_argument("--criterion", choices=["loss", "sqnr"], default="loss",
+                   help="--auto: sensitivity as calibration loss, or as weight SQNR (data-free)")
+    calib_images(p)
     common(p)
     p.set_defaults(func=cmd_quantize, lr=0.01)
 
@@ -148,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("export", help="write a model as packed, safetensors or real int8")
+    p = sub.add_parser("export", help="write a model as packed, safetensors, real int8 (.pt2) or ONNX")
     p.add_argument("model")
-    p.add_argument("--format", choices=["packed", "safetensors", "int8"], default="packed")
+    p.add_argument("--format", choices=["packed", "safetensors", "int8", "onnx"], default="packed")
+    p.add_argument("--int8", action="store_true", help="--format onnx: an int8 QDQ model (onnxruntime static "
+                   "quantization, calibrated on training images) instead of fp32")
     common(p, out=False)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
@@ -163,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_verb(args):
+    """The function that runs the parsed command: `prune --auto`, `quantize --auto` and `export --format
+    onnx` go to commands_auto.py, every other command to the verb its subparser named."""
+    if getattr(args, "auto", False):
+        return {"prune": cmd_prune_auto, "quantize": cmd_quantize_auto}[args.verb]
+    if args.verb == "export" and args.format == "onnx":
+        return cmd_export_onnx
+    if args.verb == "export" and args.int8:
+        raise ValueError("export --int8 makes an int8 ONNX file: add --format onnx (for the PT2E program, "
+                         "use --format int8)")
+    return args.func
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Whatever goes wrong ends in one line on stderr and exit status 2, never a traceback:
     errors the user can cause say what to do; anything else names itself as a bug (set
@@ -170,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()     # training and timing need not page-fault their activations in at every step
     try:
-        return args.func(args)
+        return chosen_verb(args)(args)
     except (D.DataError, ModelFileError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -174,8 +174,9 @@ def load_variant(path: str, data: Data, arch: str | None = None):
                            name=meta.get("name") or Path(path).stem, eval_set=data.eval)
 
 
-def finish(args, variant, data: Data) -> int:
-    """Measure a new variant fully, save it (packed or safetensors by extension) and print its metrics."""
+def finish(args, variant, data: Data, extra: dict | None = None) -> int:
+    """Measure a new variant fully, save it (packed or safetensors by extension) and print its metrics
+    (with `extra` fields, e.g. an automatic allocation, in the JSON)."""
     from .export import packed_bytes, safetensors_bytes
     from .metrics import measure
 
@@ -186,7 +187,7 @@ def finish(args, variant, data: Data) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(packed_bytes(variant) if out.suffix == ".cmpk" else safetensors_bytes(variant))
     result = {"name": variant.name, "technique": variant.technique, "settings": variant.settings,
-              "recipe": variant.recipe, "out": args.out, **variant.metrics.to_dict()}
+              "recipe": variant.recipe, "out": args.out, **variant.metrics.to_dict(), **(extra or {})}
     if args.json:
         _print_json(result)
     else:

@@ -3,7 +3,9 @@
 - packed (.cmpk): sparse positions, codebooks and Huffman-coded indices (compression/packed.py); the
   smallest, and it reloads to the same logits bit for bit;
 - safetensors: the plain fp32 state_dict (weights.plain_model: masks baked in), for any PyTorch code;
-- int8 (.pt2): the real int8 program from compression/int8.py, where the variant has one.
+- int8 (.pt2): the real int8 program from compression/int8.py, where the variant has one;
+- ONNX (.onnx): the model as it computes, fp32, for ONNX Runtime or any ONNX runtime
+  (compression/onnx_export.py; the int8 QDQ one needs calibration images: jobs.onnx_export).
 """
 from __future__ import annotations
 
@@ -35,4 +37,13 @@ def downloads(variant: Variant) -> list[tuple[str, str, Callable[[], bytes]]]:
              ("Weights (.safetensors)", "safetensors", lambda: safetensors_bytes(variant))]
     if "int8" in variant.artifacts:
         files.append(("Real int8 (.pt2)", "int8.pt2", lambda: variant.artifacts["int8"]))
+    files.append(("ONNX fp32 (.onnx)", "onnx", lambda: onnx_bytes(variant)))
+    if "onnx_int8" in variant.artifacts:    # made (and verified) by jobs.onnx_export(int8=True)
+        files.append(("ONNX int8 (.onnx)", "int8.onnx", lambda: variant.artifacts["onnx_int8"]))
     return files
+
+
+def onnx_bytes(variant: Variant) -> bytes:
+    from .onnx_export import export_fp32   # imports onnx and onnxscript: only when asked for
+
+    return export_fp32(variant.model, variant_metadata(variant))

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .data import ImageSet, calibration_batches, to_float
+from .models import InferenceOnly
 from .weights import plain_model
 
 MAX_BATCH = 4096
@@ -93,7 +94,7 @@ def quantize_pt2e(model: nn.Module, calib: ImageSet, batches: int = 4, batch_siz
     return program
 
 
-class Int8Model:
+class Int8Model(InferenceOnly):
     """The converted int8 program, compiled on first use at each batch size (step 5).
 
     Call it like the float model, on float images in [0, 1] of shape (N, 3, 32, 32). Inference only;
@@ -101,7 +102,7 @@ class Int8Model:
     the first call at each batch size took.
     """
 
-    training = False
+    kind = "an int8 model"
 
     def __init__(self, program: torch.fx.GraphModule):
         self.program = program
@@ -123,14 +124,6 @@ class Int8Model:
 
     def parameters(self):
         return self.program.parameters()
-
-    def eval(self) -> "Int8Model":
-        return self
-
-    def train(self, mode: bool = True) -> "Int8Model":
-        if mode:
-            raise RuntimeError("an int8 model is for inference only; fine-tune the float model instead")
-        return self
 
 
 def to_int8(model: nn.Module, calib: ImageSet, batches: int = 4, batch_size: int = 128) -> Int8Model:

@@ -222,3 +222,62 @@ def bits_curve(model: nn.Module, eval_set: ImageSet, symmetric: bool, per_channe
         points.append((bits, evaluate(q, eval_set).accuracy))
         report(done=len(points))
     return points
+
+
+def auto_prune_variants(parent: Variant, config, calib: ImageSet, eval_set: ImageSet, report: Report,
+                        stop: Stop, sensitivity=None) -> tuple[list[Variant], object]:
+    """Prune mode "Auto": auto_prune.auto_prune (config an AutoPruneConfig; `sensitivity` from an earlier
+    run on the same variant skips the measuring), and the uniform model at the same overall sparsity
+    for comparison. Returns ([auto variant, uniform variant], the PruneAllocation: its rows() are the
+    bar chart, its curves the sensitivity)."""
+    from .auto_prune import auto_prune
+    from .prune import prune
+
+    model, allocation = auto_prune(parent.model, config, calib, lambda i, n: report(done=i, total=n), stop,
+                                   sensitivity)
+    report(phase="measure")
+    label = parent.name.split(" (")[0]
+    settings = {"allocation": "auto", "target": allocation.target, "method": config.method, "rule": allocation.rule}
+    auto = measure_variant(model, "pruned", settings, parent, name=f"{label} auto {allocation.sparsity:.0%}",
+                           eval_set=eval_set, latency=True)
+    uniform = measure_variant(prune(parent.model, allocation.sparsity, config.method, "layer", exempt=config.exempt,
+                                    data=calib), "pruned",
+                              {"method": config.method, "scope": "layer", "amount": round(allocation.sparsity, 4)},
+                              parent, name=f"{label} uniform {allocation.sparsity:.0%}", eval_set=eval_set, latency=True)
+    return [auto, uniform], allocation
+
+
+def auto_quantize_variants(parent: Variant, config, calib: ImageSet, eval_set: ImageSet, report: Report,
+                           stop: Stop, sensitivity=None) -> tuple[list[Variant], object]:
+    """Quantize mode "Auto": auto_quant.auto_quantize (config an AutoQuantConfig), and the widest uniform
+    width that fits the same budget. Returns ([auto variant, uniform variant if one fits], the
+    BitAllocation: its rows() are the bar chart)."""
+    from .auto_quant import auto_quantize
+    from .quantize import quantize_weights
+
+    model, allocation = auto_quantize(parent.model, config, calib, lambda i, n: report(done=i, total=n), stop,
+                                      sensitivity)
+    report(phase="measure")
+    label = parent.name.split(" (")[0]
+    settings = {"bits": "auto", "mean_bits": round(allocation.mean_bits, 2), "budget_bytes": config.budget_bytes,
+                "criterion": config.criterion, "rule": allocation.rule}
+    variants = [measure_variant(model, "quantized", settings, parent, name=f"{label} auto {allocation.mean_bits:.1f}-bit",
+                                eval_set=eval_set, latency=True)]
+    if allocation.uniform_bits is not None:
+        uniform = quantize_weights(parent.model, allocation.uniform_bits, config.symmetric, config.per_channel)
+        variants.append(measure_variant(uniform, "quantized", {"bits": allocation.uniform_bits}, parent,
+                                        name=f"{label} uniform w{allocation.uniform_bits}", eval_set=eval_set,
+                                        latency=True))
+    return variants, allocation
+
+
+def onnx_export(parent: Variant, eval_set: ImageSet, report: Report, stop: Stop, int8: bool = False,
+                calib: ImageSet | None = None) -> tuple[bytes, dict]:
+    """Compare & Download's ONNX button: the variant as an fp32 (or int8 QDQ, calibrated on `calib`)
+    .onnx file, run in ONNX Runtime on `eval_set` against the PyTorch model(s): (file bytes, report with
+    accuracy, top-1 agreement and batch-1 / batch-256 latency; onnx_export.verify)."""
+    from .export import variant_metadata
+    from .onnx_export import export_and_verify
+
+    report(phase="onnx", message="exporting and timing")
+    return export_and_verify(parent.model, eval_set, int8=int8, calib=calib, metadata=variant_metadata(parent))

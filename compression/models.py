@@ -115,3 +115,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+class InferenceOnly:
+    """The float model's interface for what only runs forward (int8.Int8Model, a compiled program;
+    onnx_export.OnnxModel, an ONNX Runtime session): `training` is False, eval() returns it, train(True)
+    refuses. Subclasses name what they are in `kind`."""
+
+    training = False
+    kind = "this model"
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"{self.kind} is for inference only; fine-tune the float PyTorch model instead")
+        return self
