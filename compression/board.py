@@ -131,13 +131,12 @@ def regions(info: ChallengeInfo) -> list[dict]:
     out = []
     for c in info.challenge.constraints:
         k = KINDS[c.kind]
-        metric, limit = k.metric, float(c.limit)
-        if c.kind == "max_drop":
-            metric, limit = "eval_accuracy", float(start.value("eval_accuracy")) - limit / 100
+        metric, limit, side = k.metric, float(c.limit), "max" if k.op == "<=" else "min"
+        if c.kind == "max_drop":                # at most p points below the start = accuracy ≥ start − p/100
+            metric, limit, side = "eval_accuracy", float(start.value("eval_accuracy")) - limit / 100, "min"
         elif c.kind in ("max_macs", "max_nonzero_macs"):
             metric = metric.removesuffix("_fraction")
             limit = limit * getattr(start, metric)
-        side = "max" if k.op == "<=" else "min"
         out.append({"metric": metric, side: limit, "strict": k.op == ">", "rule": c.describe()})
     return out
 

@@ -81,8 +81,8 @@ def create_class(store: Store, name: str, exercises=(), *, rate_limit: int = DEF
     prepared = [_prepare(store, c) for c in challenges]          # measure the starts before anything is stored
     token, now = secrets.token_urlsafe(24), time.time() if now is None else now
     info = _insert_class(store, "k" + secrets.token_hex(8), title, token, rate_limit, now)
-    for challenge, (start_id, start) in zip(challenges, prepared):
-        _insert_challenge(store, info.id, challenge, start_id, start, now)
+    for order, (challenge, (start_id, start)) in enumerate(zip(challenges, prepared)):
+        _insert_challenge(store, info.id, challenge, start_id, start, now + order * 1e-6)   # listed in order
     return info, token, info.join_code
 
 

@@ -67,6 +67,11 @@ def calibration_set() -> ImageSet:
     return train.subset(slice(0, CALIBRATION_IMAGES), "int8 calibration")
 
 
+@functools.lru_cache(maxsize=1)
+def bundled_fingerprint() -> str:
+    return fingerprint(bundled_eval_set())
+
+
 def fingerprint(images: ImageSet) -> str:
     """16 hex digits of SHA-256 over the images and labels: which eval set a measurement used."""
     h = hashlib.sha256(images.images.contiguous().numpy().tobytes())
@@ -185,10 +190,10 @@ def int8_latency(model: nn.Module, calib: ImageSet) -> float:
 class Remeasurer:
     """Measures stored variants for a class board, caching in the store (module docstring)."""
 
-    def __init__(self, store: Store, eval_set: ImageSet | None = None):
+    def __init__(self, store: Store):
         self.store = store
-        self.eval_set = eval_set if eval_set is not None else bundled_eval_set()
-        self.eval_key = f"eval:{fingerprint(self.eval_set)}"
+        self.eval_set = bundled_eval_set()
+        self.eval_key = f"eval:{bundled_fingerprint()}"
 
     def measure(self, workspace: Workspace, record: StoredVariant, *, int8: bool = False,
                 plain: bool = False) -> Measured:
