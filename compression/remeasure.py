@@ -6,7 +6,7 @@ weights (the packed file, checked against its SHA-256) and counts, with compress
     eval accuracy   correct / images on the bundled eval subset (data.eval_subset of the bundled
                     sample: the same 1,000 images on every laptop), the count read off the confusion
                     matrix, so the fraction is exact
-    sizes, MACs     metrics.measure on the model, with the stored file as its packed bytes
+    sizes, MACs     the stored file's length; compression.metrics' layer table (MACs, nonzeros)
     bits per weight layer_bits below (zeros included)
     int8 latency    only when a challenge asks: real int8 (compression/int8.py), batch 1, median of 20
                     runs on this server; compiling costs seconds, so it is measured once per weights file
@@ -38,7 +38,7 @@ from torch import nn
 
 # The library's public names this module relies on (repoint here if the package's API moves).
 from .data import ImageSet, eval_subset, load_sample
-from .metrics import latency_ms, measure
+from .metrics import count_params, latency_ms, layer_table
 from .prune import prunable_layers
 from .quantize import effective_weight
 from .store import Store, StoredVariant
@@ -139,16 +139,27 @@ def layer_bits(weight: torch.Tensor) -> int:
     if distinct <= MAX_CODEBOOK and _shares(distinct, w.min() <= 0 <= w.max() and nonzero < n, nonzero):
         bits = _index_bits(distinct)
         options.append((bits * n + 32 * distinct, bits))
-    per_channel = [len(np.unique(row)) for row in rows]
+    per_channel = _each(rows, lambda row: len(np.unique(row)) if len(np.unique(row)) <= MAX_CODEBOOK else None)
     zeros_in = sum(bool((row == 0).any()) for row in rows)
-    if max(per_channel) <= MAX_CODEBOOK and _shares(sum(per_channel), zeros_in, nonzero):
+    if per_channel and _shares(sum(per_channel), zeros_in, nonzero):
         bits = _index_bits(max(per_channel))
         options.append((bits * n + 32 * sum(per_channel) + 16 * channels, bits))
-    levels = [grid_levels(row) for row in rows]
-    if None not in levels:
+    levels = _each(rows, grid_levels)
+    if levels:
         bits = _index_bits(max(levels))
         options.append((bits * n + 48 * channels, bits))
     return min(options)[1]
+
+
+def _each(rows: list, count) -> list[int] | None:
+    """count(row) for every row, or None as soon as one row gives None (a float layer stops at its first)."""
+    out = []
+    for row in rows:
+        value = count(row)
+        if value is None:
+            return None
+        out.append(value)
+    return out
 
 
 def _shares(entries: int, zero_entries: int, nonzero: int) -> bool:
@@ -168,15 +179,17 @@ def weight_bits(model: nn.Module) -> int:
 
 
 def measure_model(model: nn.Module, packed: bytes, eval_set: ImageSet) -> Measured:
-    """Count everything a challenge reads except the int8 latency and the plain twin."""
-    metrics = measure(model, packed=packed)
-    weights = sum(layer["params"] for layer in metrics.layers)
-    nonzero = sum(layer["nonzero"] for layer in metrics.layers)
+    """Count everything a challenge reads except the int8 latency and the plain twin: the layer table
+    and parameters of compression.metrics (what metrics.measure counts, without its fp32 and gzip
+    sizes, which no challenge reads), the stored file's size, and the eval subset's correct answers."""
+    layers = layer_table(model)
+    weights = sum(layer.params for layer in layers)
     result = evaluate(model, eval_set)
     correct = sum(result.confusion[i][i] for i in range(len(result.confusion)))
-    return Measured(eval_correct=int(correct), eval_images=len(eval_set), params=metrics.params,
-                    weights=weights, zero_weights=weights - nonzero, macs=metrics.macs,
-                    nonzero_macs=metrics.nonzero_macs, bytes_packed=len(packed), weight_bits=weight_bits(model),
+    return Measured(eval_correct=int(correct), eval_images=len(eval_set), params=count_params(model)[0],
+                    weights=weights, zero_weights=weights - sum(layer.nonzero for layer in layers),
+                    macs=sum(layer.macs for layer in layers), nonzero_macs=sum(layer.nonzero_macs for layer in layers),
+                    bytes_packed=len(packed), weight_bits=weight_bits(model),
                     arch=str(getattr(model, "arch", "")), width=float(getattr(model, "width", 1.0)))
 
 
