@@ -38,11 +38,12 @@ from torch import nn
 
 # The library's public names this module relies on (repoint here if the package's API moves).
 from .data import ImageSet, eval_subset, load_sample
-from .metrics import count_params, latency_ms, layer_table
+from .counts import count_params, layer_table
+from .metrics import latency_ms
 from .prune import prunable_layers
-from .quantize import effective_weight
 from .store import Store, StoredVariant
 from .train import evaluate
+from .weights import effective_weight
 
 from .challenges import Measured
 from .store_errors import StoreError

@@ -14,7 +14,8 @@ from compression.challenges import (KINDS, Challenge, ChallengeError, Constraint
 from compression.exercises import EXERCISES, exercise
 from compression.models import create_model
 from compression.prune import prune
-from compression.quantize import quantize_weights, to_reduced_float
+from compression.activations import to_reduced_float
+from compression.quantize import quantize_weights
 from compression.remeasure import grid_levels, weight_bits
 from compression.share import cluster_weights
 
@@ -175,7 +176,7 @@ def tiny(seed=0):
 
 def bits_per_weight(model) -> Fraction:
     from compression.prune import prunable_layers
-    from compression.quantize import effective_weight
+    from compression.weights import effective_weight
     return Fraction(weight_bits(model), sum(effective_weight(m).numel() for m in prunable_layers(model).values()))
 
 

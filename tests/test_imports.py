@@ -63,8 +63,9 @@ LAYERS = {
         "layouts", "checks", "packed", "files"},                                       # techniques, file formats
     3: {"metrics", "packed_sizes", "views", "analysis", "variant", "export", "pipelines", "card",  # variants, metrics
         "portable", "job_view", "store_errors", "store_schema", "store_jobs", "blobs", "model_cache", "store",
-        "workspace_zip"},                                                              # and the store
-    4: {"jobs", "tasks", "runner", "engine"},                             # tasks and where they run
+        "workspace_zip", "challenges", "exercises", "lineage"},                       # and the store
+    4: {"jobs", "tasks", "runner", "engine",                              # tasks and where they run,
+        "class_access", "classes", "board", "remeasure"},                              # classes on the store
     5: {"cli", "commands"},                                                            # the command line
 }
 
