@@ -30,7 +30,7 @@ def settings_form(data) -> None:
         return
     jobs.start("train", f"Train {arch}", "train", {
         "data": data.spec(), "arch": arch, "width": width,
-        "config": {"epochs": int(epochs), "batch_size": batch, "lr": lr}},
+        "config": {"epochs": int(epochs), "batch_size": batch, "lr": lr}, "checkpoint": jobs.checkpoint_file()},
         busy_message="A training run of yours is already going: stop it first.")
 
 

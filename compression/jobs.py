@@ -31,10 +31,15 @@ def report_events(events: Iterable[TrainEvent], report: Report, phase: str = "")
 
 
 def train_model(arch: str, width: float, config: TrainConfig, train_set: ImageSet, eval_set: ImageSet,
-                report: Report, stop: Stop, test_set: ImageSet | None = None, name: str | None = None) -> Variant:
-    """Train a fresh model; returns it as a 'trained' variant (measured on the eval subset)."""
+                report: Report, stop: Stop, test_set: ImageSet | None = None, name: str | None = None,
+                checkpoint: str | None = None) -> Variant:
+    """Train a fresh model; returns it as a 'trained' variant (measured on the eval subset).
+
+    checkpoint: a file the run saves itself to at every epoch's end and resumes from when it exists (a
+    run the server's restart interrupted carries on); whoever started the run deletes it when done."""
     model = create_model(arch, width)
-    last = report_events(train(model, train_set, config, eval_set, stop=stop), report, "train")
+    last = report_events(train(model, train_set, config, eval_set, stop=stop, checkpoint=checkpoint), report,
+                         "train")
     settings = {"arch": arch, "width": width, "epochs": config.epochs, "lr": config.lr,
                 "batch_size": config.batch_size, "data": train_set.name, "images": len(train_set)}
     if last is not None and last.step < last.total_steps:

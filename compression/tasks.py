@@ -107,8 +107,10 @@ def _outgoing(made: list[Variant]) -> list[dict]:
 # --- the tasks: spec + data -> variants ------------------------------------------------------------------
 
 def _train(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
+    """spec: arch, width, config (TrainConfig fields); optional name, checkpoint (a file path as the worker
+    sees it: the run saves itself there at every epoch's end and resumes from it when it exists)."""
     return [train_model(spec["arch"], spec["width"], TrainConfig(**spec.get("config", {})), data.train, data.eval,
-                        report, stop, test_set=data.test, name=spec.get("name"))]
+                        report, stop, test_set=data.test, name=spec.get("name"), checkpoint=spec.get("checkpoint"))]
 
 
 def _finetune(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:

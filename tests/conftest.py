@@ -1,11 +1,18 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+pytest_plugins = ("app_fixtures",)      # the app tests' fixtures (tests/app_fixtures.py)
+
 
 def pytest_configure(config):
+    # The app's workspace store (ui/workspace.py) writes to PLAYGROUND_HOME: tests never touch the user's
+    # real data folder or database. Tests that need a store of their own set PLAYGROUND_HOME themselves.
+    os.environ["PLAYGROUND_HOME"] = tempfile.mkdtemp(prefix="playground-tests-")
+    os.environ.pop("PLAYGROUND_DB_URL", None)
     config.addinivalue_line("markers", "slow: takes tens of seconds (compiles or trains)")
     config.addinivalue_line("markers", "realdata: needs CIFAR10_ROOT pointing at real CIFAR-10")
     config.addinivalue_line("markers", "browser: drives the app in headless Chromium")

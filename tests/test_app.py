@@ -1,65 +1,16 @@
 """The app, driven headlessly with Streamlit's AppTest: every page renders without an exception, the
 controls do what they say, and bad input ends in a message, not a traceback."""
 import json
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from compression.files import save_model, state_dict_bytes
+from compression.files import state_dict_bytes
 from compression.models import create_model
 
-ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Small stand-in pretrained models, so app tests do not depend on the shipped weights' accuracy."""
-    folder = tmp_path_factory.mktemp("assets")
-    torch.manual_seed(0)
-    for arch in ("resnet20", "resnet8"):
-        model = create_model(arch)
-        with torch.no_grad():               # confident, varied answers (as a trained model gives)
-            for block in (m for m in model.modules() if hasattr(m, "bn2")):
-                block.bn2.weight.fill_(1.0)
-            model.fc.weight.mul_(40)
-        save_model(model, folder / f"{arch}.safetensors")
-        (folder / f"{arch}.json").write_text(json.dumps({"arch": arch, "epochs": 0, "test_accuracy": 0.1}))
-    return folder
-
-
-def new_app(assets, monkeypatch) -> AppTest:
-    monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    return at
-
-
-@pytest.fixture(scope="module", autouse=True)
-def stop_background_work():
-    """Analyses the pages started (accuracy curves) would otherwise go on computing in this process,
-    slowing every test after this file."""
-    yield
-    from compression.worker import shutdown_all
-    shutdown_all()
-
-
-@pytest.fixture
-def app(assets, monkeypatch):
-    at = new_app(assets, monkeypatch)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def goto(at, page):
-    at.switch_page(f"app_pages/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from app_fixtures import ROOT, goto, kept, model_in_hand, my_workspace, new_app, pretrained, store, wait_for_job  # noqa: E402,E501
 
 
 def metric(at, label):
@@ -69,10 +20,6 @@ def metric(at, label):
 def chart_titles(at) -> list[str]:
     """The titles of the plotly charts on the page, as drawn."""
     return [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
-
-
-def model_in_hand(at):
-    return at.session_state["book"].get(at.session_state["current"]).model
 
 
 def test_overview_shows_the_model_in_hand(app):
@@ -117,31 +64,25 @@ def test_keep_adds_a_variant_to_the_table(app):
     assert any("pruned 70%" in n for n in names)
 
 
-def wait_until_finished(job, timeout_s=300):
-    deadline = time.time() + timeout_s
-    while job.active and time.time() < deadline:
-        time.sleep(1)
-
-
 def test_training_one_epoch_on_the_sample_joins_the_table(app):
     goto(app, "train")
     app.number_input[0].set_value(1)
     app.form_submit_button[0].click()   # Start training (resnet8, 1 epoch on the 5,000 sample images)
     app.run()
     assert not app.exception
-    job = app.session_state["jobs"]["train"]
-    wait_until_finished(job)
+    job = wait_for_job(app, "train")
     assert job.status == "done", job.error
     goto(app, "compare")
     names = list(app.dataframe[0].value["name"])
     assert any(n.startswith("resnet8 trained (1 ep)") for n in names), names
-    accuracy = job.result.metrics.eval_accuracy
+    (made,) = job.result
+    accuracy = store().variant(my_workspace(app), made).metrics.eval_accuracy
     assert accuracy > 0.2, "one epoch on 5,000 real images must beat chance (10 %) clearly"
 
 
 def test_downloads_reload_to_the_same_accuracy(app):
     from compression.data import eval_subset, load_sample
-    from compression.export import downloads
+    from compression.export import safetensors_bytes
     from compression.files import load_any_bytes
     from compression.train import evaluate
 
@@ -149,11 +90,15 @@ def test_downloads_reload_to_the_same_accuracy(app):
     app.slider(key="prune_ratio").set_value(60).run()
     next(b for b in app.button if b.label == "Keep this variant").click().run()
     goto(app, "compare")
-    variant = list(app.session_state["book"])[-1]
+    record = kept(app)[-1]
+    assert "pruned 60%" in record.name
+    ws = my_workspace(app)
     ev = eval_subset(load_sample()[1])
-    for label, ext, make in downloads(variant):
-        model, _ = load_any_bytes(make(), f"download.{ext}")
-        assert evaluate(model, ev).accuracy == variant.metrics.eval_accuracy, label
+    made = {"cmpk": store().weights(ws, record.id),              # what the page's Download buttons send
+            "safetensors": safetensors_bytes(record.as_variant(store().model(ws, record.id)))}
+    for ext, data in made.items():
+        model, _ = load_any_bytes(data, f"download.{ext}")
+        assert evaluate(model, ev).accuracy == record.metrics.eval_accuracy, ext
 
 
 @pytest.mark.parametrize("name,content", [
@@ -163,11 +108,11 @@ def test_downloads_reload_to_the_same_accuracy(app):
 ])
 def test_bad_uploads_show_an_error_not_an_exception(app, name, content):
     goto(app, "compare")
-    before = len(app.session_state["book"])
+    before = [r.id for r in kept(app)]
     app.file_uploader(key="upload_file").set_value((name, content, "application/octet-stream")).run()
     assert not app.exception
     assert app.error and name in app.error[0].value
-    assert len(app.session_state["book"]) == before, "nothing is lost, nothing half-added"
+    assert [r.id for r in kept(app)] == before, "nothing is lost, nothing half-added"
 
 
 def test_nan_upload_is_refused(app):
@@ -182,11 +127,11 @@ def test_nan_upload_is_refused(app):
 
 def test_good_upload_is_evaluated_and_added(app):
     goto(app, "compare")
-    before = len(app.session_state["book"])
+    before = len(kept(app))
     data = state_dict_bytes(create_model("resnet8"), {"arch": "resnet8"})
     app.file_uploader(key="upload_file").set_value(("mine.safetensors", data, "application/octet-stream")).run()
     assert not app.exception and not app.error
-    assert len(app.session_state["book"]) == before + 1
+    assert [r.name for r in kept(app)[before:]] == ["mine.safetensors (uploaded)"]
 
 
 def test_missing_data_folder_is_a_message_and_the_sample_stays(app, tmp_path, monkeypatch):
@@ -239,7 +184,7 @@ def test_temperature_raises_the_entropy_of_the_teachers_answer(app):
     from ui.state import gallery
 
     goto(app, "distill")
-    teacher = app.session_state["book"].get("pretrained-resnet20").model
+    teacher = store().model(my_workspace(app), pretrained(app, "resnet20").id)
     entropies = []
     for t in (1.0, 4.0, 10.0):
         app.slider(key="distill_T").set_value(t).run()
@@ -262,8 +207,8 @@ def test_clusters_slider_bounds_the_distinct_values(app):
     for k in (4, 16):
         app.select_slider(key="share_k").set_value(k).run()
         assert not app.exception
-        variant = app.session_state["book"].get(app.session_state["current"])
-        shared, _ = cached.shared(variant.id, k, variant.model, None)
+        variant_id = app.session_state["current"]
+        shared, _ = cached.shared(variant_id, k, model_in_hand(app), None)
         for name in layer_names(shared):
             assert distinct_values(shared, name) <= k + 1     # k centroids, and zero if pruned
         assert metric(app, "Packed size") == kib(len(pack_model(shared)))
@@ -276,8 +221,7 @@ def test_pipeline_page_runs_deep_compression_and_adds_its_stages(app):
     app.slider(key="pipeline_sparsity").set_value(80).run()
     app.number_input(key="pipeline_ft").set_value(0).run()
     next(b for b in app.button if b.label.startswith("Run Deep Compression")).click().run()
-    job = app.session_state["jobs"]["pipeline"]
-    wait_until_finished(job)
+    job = wait_for_job(app, "pipeline")
     assert job.status == "done", job.error
     app.run()
     assert any(s.value == "Deep Compression finished: 2 variants joined the table." for s in app.success)
@@ -389,11 +333,11 @@ def test_an_upload_far_larger_than_the_app_makes_is_refused_at_once(app):
     from helpers import zero_packed
 
     goto(app, "compare")
-    before = len(app.session_state["book"])
+    before = [r.id for r in kept(app)]
     app.file_uploader(key="upload_file").set_value(("huge.cmpk", zero_packed("resnet56", 8.0), "x")).run()
     assert not app.exception
     assert "largest model this app evaluates" in app.error[0].value
-    assert len(app.session_state["book"]) == before
+    assert [r.id for r in kept(app)] == before
 
 
 def test_a_failing_fragment_shows_a_message_not_a_traceback(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import pytest
 
 from compression.store_errors import StoreError
 from compression.store_jobs import INTERRUPTED, MAX_CURVE_POINTS, thin
-from compression.worker import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from compression.job_view import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from store_fixtures import db_url, home, one_torch_thread, opener, pg_url, tiny_variant  # noqa: F401
 
 

@@ -6,7 +6,8 @@ calls st.*. For each change of a job it
 - marks the record running once the job has a worker (store.jobs.start, with where it runs);
 - writes progress at most every WRITE_EVERY_S: the last event (plus, for pipelines, the stages so far)
   and the curve points gathered since the last write (store.jobs.progress, which bounds the curve);
-- when the job ends, keeps the variants it made in the job's workspace (store.keep, parents first, each
+- when the job ends, deletes a training run's checkpoint (unless the app's shutdown stopped it: "Run
+  again" carries on from it), keeps the variants it made in the job's workspace (store.keep, parents first, each
   child pointing at its parent's stored id) and finishes the record with their ids, or records the
   failure. So a job that ends while no tab is open still adds its variants.
 Stop from anywhere: store.jobs.progress answers False once the record is no longer running (a page of
@@ -21,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from compression.engine import CANCELLED, FAILED, RUNNING, Engine, JobView
 from compression.portable import variants_from_result
@@ -55,6 +57,7 @@ class Link:
     started: bool = False
     ended: bool = False
     stages: list = field(default_factory=list)
+    checkpoint: str | None = None     # a training run's checkpoint file (ui/jobs.checkpoint_file)
 
 
 class JobRecorder:
@@ -71,7 +74,7 @@ class JobRecorder:
         self.engine = engine
         with self._lock:
             job_id = engine.submit(workspace.id, kind, title, task, spec, resources=resources)
-            self._links[job_id] = Link(store, workspace, record_id)
+            self._links[job_id] = Link(store, workspace, record_id, checkpoint=spec.get("checkpoint"))
             self._engine_ids[record_id] = job_id
         return job_id
 
@@ -119,6 +122,9 @@ class JobRecorder:
 
     def _end(self, link: Link, view: JobView) -> None:
         jobs, record_id = link.store.jobs, link.record_id
+        shutdown = view.status == CANCELLED and view.result is None and view.error
+        if link.checkpoint and not shutdown:      # only a run the shutdown interrupted carries on later
+            Path(link.checkpoint).unlink(missing_ok=True)
         if view.status == FAILED:
             jobs.fail(record_id, view.error or "the job failed")
         elif view.result is None:

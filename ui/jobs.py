@@ -8,8 +8,8 @@ variants it starts from travel as compression.portable payloads. Every job has a
 store, written by ui/job_records.py as it runs, so it belongs to the workspace: a reloaded page (or
 another tab, or another device) finds it with its live curve, and its variants join the workspace even
 when no tab is open. After a server restart a job that was running shows as interrupted, with "Run
-again" (the same task on the same settings; the tasks keep no checkpoint, so it starts from the
-beginning).
+again" (the same task on the same settings; a training run of the local cluster saves a checkpoint at
+every epoch's end and carries on from it, the other jobs start from the beginning).
 
 A job's settings in its record are {"task", "spec", "inputs"}: `spec` is plain JSON (data, epochs, …),
 `inputs` names the variants it starts from by id ({"parent": id, "teacher": id, "start": id or None})
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -111,6 +113,23 @@ def launch(record: JobRecord) -> JobRecord:
     return record
 
 
+def checkpoint_file() -> str | None:
+    """Where a training run saves itself at every epoch's end (PLAYGROUND_HOME/checkpoints), so that "Run
+    again" after a server restart carries on from there; None on an external cluster, whose workers
+    cannot see this server's folders."""
+    if engine().scheduler is not None:
+        return None
+    folder = workspace.store().home / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{secrets.token_hex(8)}.ckpt")
+
+
+def resumes(record: JobRecord) -> bool:
+    """Will "Run again" carry on from a checkpoint the interrupted run left?"""
+    checkpoint = record.settings.get("spec", {}).get("checkpoint")
+    return bool(checkpoint) and Path(checkpoint).exists()
+
+
 def payloads(inputs: dict, spec: dict) -> dict:
     """The variants a job starts from, as payloads for its worker (see the module docstring)."""
     out = {}
@@ -182,10 +201,12 @@ def outcome(record: JobRecord, what: str, done=None, stopped=None) -> None:
         st.error(f"{what} failed: {plain(record.error)}")
     elif record.status == INTERRUPTED:
         st.warning(f"{what} was interrupted: the server stopped before it finished.")
+        resume = resumes(record)
         if st.button("Run again", key=f"again_{record.kind}", icon=":material/replay:"):
             run_again(record)
             st.rerun()
-        st.caption("It starts again from the beginning: these jobs keep no checkpoint to resume from.")
+        st.caption("It carries on from its checkpoint, saved at the end of its last finished epoch." if resume else
+                   "It starts again from the beginning: it had no checkpoint to carry on from.")
 
 
 def training_status(kind: str, what: str, title: str, chart_key: str) -> None:

@@ -20,7 +20,7 @@ import socket
 import streamlit as st
 
 from compression.store import Store, StoredVariant, open_store
-from compression.store_errors import WorkspaceTokenError
+from compression.store_errors import StoreError, WorkspaceTokenError
 from compression.store_schema import Workspace, data_home, database_url
 from compression.variant import Variant
 
@@ -99,7 +99,8 @@ def link(token: str) -> str:
 
 def enter() -> bool:
     """Before the sidebar and the page: resolve the workspace. A bad link gets its message and a way
-    out, and the rest of the app is not drawn (returns False)."""
+    out, a store that cannot be used (StoreError) its message; then the rest of the app is not drawn
+    (returns False)."""
     try:
         get()
         return True
@@ -109,6 +110,10 @@ def enter() -> bool:
         if st.button("Start a new workspace", type="primary", icon=":material/add:", key="ws_new_after_error"):
             start_new()
             st.rerun()
+        return False
+    except StoreError as exc:                  # a newer, locked or unreachable database, a full disk
+        st.error(f"The workspace store cannot be used right now: {plain(exc)}", icon=":material/database:")
+        st.caption("Nothing stored was changed. Reload the page to try again.")
         return False
 
 

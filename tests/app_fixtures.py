@@ -1,0 +1,103 @@
+"""What the app tests share: stand-in pretrained models, a fresh AppTest of app.py, page switches, and the
+app's workspace store as the test reads it back (AppTest runs the app in the test's own process, so
+ui.workspace.store() is the very store the app writes to)."""
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compression.files import save_model
+from compression.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Small stand-in pretrained models, so app tests do not depend on the shipped weights' accuracy."""
+    folder = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    for arch in ("resnet20", "resnet8"):
+        model = create_model(arch)
+        with torch.no_grad():               # confident, varied answers (as a trained model gives)
+            for block in (m for m in model.modules() if hasattr(m, "bn2")):
+                block.bn2.weight.fill_(1.0)
+            model.fc.weight.mul_(40)
+        save_model(model, folder / f"{arch}.safetensors")
+        (folder / f"{arch}.json").write_text(json.dumps({"arch": arch, "epochs": 0, "test_accuracy": 0.1}))
+    return folder
+
+
+def new_app(assets, monkeypatch, **query):
+    """A fresh browser tab on app.py (not run yet); `query`: the parameters of the link it opens."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PLAYGROUND_ASSETS", str(assets))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update(query)
+    return at
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_background_work():
+    """Analyses the pages started (accuracy curves) would otherwise go on computing in this process, and
+    the job engine's cluster would stay up, slowing every test after this file."""
+    yield
+    if "ui.jobs" not in sys.modules:                  # no app ran in this module
+        return
+    from ui import analyses, jobs
+    analyses.pool().shutdown()
+    jobs.engine().close()                             # and its local cluster, if a job started one
+    jobs.engine.clear()
+
+
+@pytest.fixture
+def app(assets, monkeypatch):
+    at = new_app(assets, monkeypatch)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def goto(at, page):
+    at.switch_page(f"app_pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def store():
+    """The app's workspace store (one per server process: AppTest runs the app in this process)."""
+    from ui import workspace
+    return workspace.store()
+
+
+def my_workspace(at):
+    return at.session_state["_workspace"][1]
+
+
+def kept(at) -> list:
+    """The records of every variant the session's workspace sees, pretrained first, as the store has them."""
+    return store().variants(my_workspace(at))
+
+
+def model_in_hand(at):
+    return store().model(my_workspace(at), at.session_state["current"])
+
+
+def pretrained(at, arch: str):
+    return next(r for r in kept(at) if r.builtin and r.settings["arch"] == arch)
+
+
+def wait_for_job(at, kind, timeout_s=300):
+    """The workspace's newest `kind` job, once it has ended (read from the store, as a reloaded page would)."""
+    deadline = time.time() + timeout_s
+    while True:
+        record = next(r for r in store().jobs.list(my_workspace(at)) if r.kind == kind)
+        if not record.active or time.time() > deadline:
+            return record
+        time.sleep(1)
