@@ -175,20 +175,20 @@ def student_row(conn, code: object):
     return row
 
 
-def challenge_row(conn, class_id: str, challenge_id: str):
-    row = conn.execute(select(CHALLENGES).where(CHALLENGES.c.id == str(challenge_id),
-                                                CHALLENGES.c.class_id == class_id)).first()
+def _class_member(conn, table, what: str, class_id: str, row_id: str):
+    """The row of `table` with this id that belongs to the class, else ClassError naming `what`."""
+    row = conn.execute(select(table).where(table.c.id == str(row_id), table.c.class_id == class_id)).first()
     if row is None:
-        raise ClassError("This class has no such challenge (it may have been removed). Reload the page.")
+        raise ClassError(f"This class has no such {what} (it may have been removed). Reload the page.")
     return row
+
+
+def challenge_row(conn, class_id: str, challenge_id: str):
+    return _class_member(conn, CHALLENGES, "challenge", class_id, challenge_id)
 
 
 def entry_row(conn, class_id: str, entry_id: str):
-    row = conn.execute(select(SUBMISSIONS).where(SUBMISSIONS.c.id == str(entry_id),
-                                                 SUBMISSIONS.c.class_id == class_id)).first()
-    if row is None:
-        raise ClassError("This class has no such entry (it may have been removed). Reload the page.")
-    return row
+    return _class_member(conn, SUBMISSIONS, "entry", class_id, entry_id)
 
 
 def challenge_info(row) -> ChallengeInfo:

@@ -109,54 +109,45 @@ JOBS = Table(
 
 # Classes, challenges and submissions (version 3; compression/classes.py). A join code is unique among
 # the open classes only: closing a class frees its code.
+def _key(name: str = "id") -> Column:
+    return Column(name, String(40), primary_key=True)
+
+
+def _owner(name: str, table: str) -> Column:
+    """A required reference to `table`'s id; deleting the owner deletes the row."""
+    return Column(name, String(40), ForeignKey(f"{table}.id", ondelete="CASCADE"), nullable=False)
+
+
+def _required(name: str, kind=Text) -> Column:
+    """A required column (Text by default: names, and JSON, which travels as text on both databases)."""
+    return Column(name, kind, nullable=False)
+
+
 CLASSES = Table(
-    "classes", METADATA,
-    Column("id", String(40), primary_key=True),
-    Column("name", Text, nullable=False),
+    "classes", METADATA, _key(), _required("name"),
     Column("teacher_sha256", String(64), nullable=False, unique=True),
-    Column("join_code", String(16), nullable=False),
-    Column("rate_limit", Integer, nullable=False),
-    Column("created", Float, nullable=False),
+    _required("join_code", String(16)), _required("rate_limit", Integer), _required("created", Float),
     Column("closed", Float),
     Index("classes_open_code", "join_code", unique=True, sqlite_where=text("closed IS NULL"),
           postgresql_where=text("closed IS NULL")),
 )
 CHALLENGES = Table(
-    "challenges", METADATA,
-    Column("id", String(40), primary_key=True),
-    Column("class_id", String(40), ForeignKey("classes.id", ondelete="CASCADE"), nullable=False),
-    Column("spec", Text, nullable=False),
-    Column("start_id", String(40), nullable=False),
-    Column("reference", Text, nullable=False),
-    Column("created", Float, nullable=False),
-    Column("closed", Float),
+    "challenges", METADATA, _key(), _owner("class_id", "classes"), _required("spec"),
+    _required("start_id", String(40)), _required("reference"), _required("created", Float), Column("closed", Float),
     Index("challenges_class", "class_id", "created"),
 )
 SUBMISSIONS = Table(
-    "submissions", METADATA,
-    Column("id", String(40), primary_key=True),
-    Column("class_id", String(40), ForeignKey("classes.id", ondelete="CASCADE"), nullable=False),
-    Column("challenge_id", String(40), ForeignKey("challenges.id", ondelete="CASCADE"), nullable=False),
-    Column("workspace_id", String(40), ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
-    Column("name", Text, nullable=False),
-    Column("variant_id", String(40), nullable=False),
-    Column("measured", Text, nullable=False),
-    Column("checks", Text, nullable=False),
-    Column("passed", Boolean, nullable=False),
-    Column("score", Float),
-    Column("recipe", Text, nullable=False),
-    Column("submitted", Float, nullable=False),
-    Column("hidden", Boolean, nullable=False),
-    Column("superseded", Boolean, nullable=False),
+    "submissions", METADATA, _key(), _owner("class_id", "classes"), _owner("challenge_id", "challenges"),
+    _owner("workspace_id", "workspaces"), _required("name"), _required("variant_id", String(40)),
+    _required("measured"), _required("checks"), _required("passed", Boolean), Column("score", Float),
+    _required("recipe"), _required("submitted", Float), _required("hidden", Boolean),
+    _required("superseded", Boolean),
     Index("submissions_board", "challenge_id", "superseded"),
     Index("submissions_student", "class_id", "workspace_id", "submitted"),
 )
 MEASUREMENTS = Table(
-    "measurements", METADATA,
-    Column("weights_sha256", String(64), primary_key=True),
-    Column("what", String(80), primary_key=True),
-    Column("value", Text, nullable=False),
-    Column("measured", Float, nullable=False),
+    "measurements", METADATA, Column("weights_sha256", String(64), primary_key=True),
+    Column("what", String(80), primary_key=True), _required("value"), _required("measured", Float),
 )
 
 @dataclass(frozen=True)
