@@ -220,6 +220,11 @@ def submit_message(entry) -> tuple[str, str]:
     return ("success" if entry.verdict.passed else "warning"), "  \n".join([head, measured, *lines])
 
 
+def variant_label(record) -> str:
+    known = record.metrics.eval_accuracy
+    return f"{record.name} ({accuracy(known)} eval accuracy)" if known is not None else record.name
+
+
 def submit_section() -> None:
     """Submit one of the workspace's own variants to a challenge of the class this session joined."""
     st.subheader("Submit to a class challenge")
@@ -245,7 +250,7 @@ def submit_section() -> None:
         return
     with st.form("submit_form"):
         pick = st.selectbox("Challenge", open_now, format_func=lambda c: c.challenge.title)
-        variant = st.selectbox("Your variant", mine, format_func=lambda r: f"{r.name} — {accuracy(r.metrics.eval_accuracy)}")
+        variant = st.selectbox("Your variant", mine, format_func=variant_label)
         name = st.text_input("Display name on the board", max_chars=MAX_NAME, key="submit_name")
         go = st.form_submit_button("Submit", type="primary", icon=":material/send:")
     if go:

@@ -54,11 +54,11 @@ def board_chart(b: Board, references: bool = False, height: int = 560) -> go.Fig
     _start(fig, b, scale)
     for kind, symbol in (("published", "diamond-open"), ("project", "square-open")):
         _references(fig, [r for r in refs if r["kind"] == kind], kind, symbol, scale)
-    fig = style(fig, html.escape(b.title), title, "eval accuracy (%), 1,000-image eval subset", height=height)
+    fig = style(fig, "", title, "eval accuracy (%), 1,000-image eval subset", height=height)
     fig.update_xaxes(type="log", range=[_log10(x_lo), _log10(x_hi)])
     fig.update_yaxes(range=[y_lo, y_hi])
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0),
-                      margin=dict(b=120))
+                      margin=dict(t=20, b=120))
     return fig
 
 
