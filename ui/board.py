@@ -95,6 +95,8 @@ def links(info: C.ClassInfo, teacher_token: str) -> None:
     if host in ("localhost", "127.0.0.1") and address:
         st.caption(f"Students on the same network open {plain(join.replace(host, address, 1))} "
                    f"(this laptop's address), or type the code on the Class board page.")
+    st.caption(f"To project the board without your teacher link in the address bar, open "
+               f"{plain(page_link(join=info.join_code, present='1'))} (read-only, presenter mode).")
     with st.popover("Your teacher link (keep it private)", icon=":material/key:"):
         st.caption("It opens this class with the right to add challenges and remove entries. It is shown "
                    "in full only here: bookmark it before you close the tab.")
