@@ -30,6 +30,7 @@ def main() -> None:
         st.Page("app_pages/share.py", title="Weight sharing", icon=":material/hub:"),
         st.Page("app_pages/pipeline.py", title="Pipelines", icon=":material/account_tree:"),
         st.Page("app_pages/compare.py", title="Compare & Download", icon=":material/leaderboard:"),
+        st.Page("app_pages/board.py", title="Class board", icon=":material/co_present:"),
     ]
     page = st.navigation(pages)
     if safety.guarded("Opening your workspace")(workspace.enter)():      # ?ws=… in the URL (ui/workspace.py)

@@ -9,7 +9,7 @@ from compression.store_errors import StoreError
 from compression.train import evaluate
 from compression.variant import file_stem, measure_variant, pareto_frontier, report_csv, report_json
 from compression.workspace_zip import export_workspace, import_workspace
-from ui import charts, state, workspace
+from ui import board, charts, state, workspace
 from ui.format import accuracy, kib, plain
 
 IMPORT_MAX_MB = 100          # a workspace export: the weights of every variant (a resnet20 packs to < 1 MB)
@@ -202,6 +202,7 @@ def compare_page() -> None:
         variants_table(rows)
         chart_and_reports(rows)
         download_buttons(records)
+    board.submit_section()
     upload_form(data)
     workspace_files()
 

@@ -18,6 +18,13 @@ Tables (JSON travels as text, the same on both databases):
                         last event), curve (a bounded list of points), error, result (variant ids),
                         created / started / finished, server (the process that queued it), worker
                         (what runs it) — compression/store_jobs.py
+    classes             name, SHA-256 of the teacher token, join code (unique among open classes), rate
+                        limit, created, closed — compression/classes.py (version 3)
+    challenges          a class's challenges: the goal as JSON (compression/challenges.py), the starting
+                        model and its measurement, created, closed
+    submissions         class, challenge, student workspace, display name, variant, the server's own
+                        measurement, pass/fail per constraint, score, submitted, hidden, superseded
+    measurements        cache of what the server measured, by weights SHA-256 and what was measured
 
 The pretrained models belong to the workspace BUILTIN, which every workspace sees and no token opens.
 
@@ -36,13 +43,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (BigInteger, Column, Engine, Float, ForeignKey, Index, Integer, MetaData, String,
+from sqlalchemy import (BigInteger, Boolean, Column, Engine, Float, ForeignKey, Index, Integer, MetaData, String,
                         Table, Text, create_engine, event, inspect, select, text)
 from sqlalchemy import exc as sa_exc
 
 from .store_errors import StoreBusyError, StoreError, StoreFullError, StoreVersionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APP_FOLDER = "compression-playground"
 DB_FILE = "playground.db"
 BUILTIN = "builtin"                        # the workspace of the pretrained models
@@ -100,6 +107,49 @@ JOBS = Table(
     Index("jobs_workspace", "workspace_id", "created"),
 )
 
+# Classes, challenges and submissions (version 3; compression/classes.py). A join code is unique among
+# the open classes only: closing a class frees its code.
+def _key(name: str = "id") -> Column:
+    return Column(name, String(40), primary_key=True)
+
+
+def _owner(name: str, table: str) -> Column:
+    """A required reference to `table`'s id; deleting the owner deletes the row."""
+    return Column(name, String(40), ForeignKey(f"{table}.id", ondelete="CASCADE"), nullable=False)
+
+
+def _required(name: str, kind=Text) -> Column:
+    """A required column (Text by default: names, and JSON, which travels as text on both databases)."""
+    return Column(name, kind, nullable=False)
+
+
+CLASSES = Table(
+    "classes", METADATA, _key(), _required("name"),
+    Column("teacher_sha256", String(64), nullable=False, unique=True),
+    _required("join_code", String(16)), _required("rate_limit", Integer), _required("created", Float),
+    Column("closed", Float),
+    Index("classes_open_code", "join_code", unique=True, sqlite_where=text("closed IS NULL"),
+          postgresql_where=text("closed IS NULL")),
+)
+CHALLENGES = Table(
+    "challenges", METADATA, _key(), _owner("class_id", "classes"), _required("spec"),
+    _required("start_id", String(40)), _required("reference"), _required("created", Float), Column("closed", Float),
+    Index("challenges_class", "class_id", "created"),
+)
+SUBMISSIONS = Table(
+    "submissions", METADATA, _key(), _owner("class_id", "classes"), _owner("challenge_id", "challenges"),
+    _owner("workspace_id", "workspaces"), _required("name"), _required("variant_id", String(40)),
+    _required("measured"), _required("checks"), _required("passed", Boolean), Column("score", Float),
+    _required("recipe"), _required("submitted", Float), _required("hidden", Boolean),
+    _required("superseded", Boolean),
+    Index("submissions_board", "challenge_id", "superseded"),
+    Index("submissions_student", "class_id", "workspace_id", "submitted"),
+)
+MEASUREMENTS = Table(
+    "measurements", METADATA, Column("weights_sha256", String(64), primary_key=True),
+    Column("what", String(80), primary_key=True), _required("value"), _required("measured", Float),
+)
+
 @dataclass(frozen=True)
 class Workspace:
     """A workspace as the store knows it. Its token is not kept: only the student's link holds it."""
@@ -116,6 +166,26 @@ UPGRADES: dict[int, list[str]] = {
         "finished FLOAT, server TEXT NOT NULL, worker TEXT, PRIMARY KEY (id), "
         "FOREIGN KEY(workspace_id) REFERENCES workspaces (id) ON DELETE CASCADE)",
         "CREATE INDEX jobs_workspace ON jobs (workspace_id, created)"],
+    2: ["CREATE TABLE classes (id VARCHAR(40) NOT NULL, name TEXT NOT NULL, teacher_sha256 VARCHAR(64) NOT NULL, "
+        "join_code VARCHAR(16) NOT NULL, rate_limit INTEGER NOT NULL, created FLOAT NOT NULL, closed FLOAT, "
+        "PRIMARY KEY (id), UNIQUE (teacher_sha256))",
+        "CREATE UNIQUE INDEX classes_open_code ON classes (join_code) WHERE closed IS NULL",
+        "CREATE TABLE challenges (id VARCHAR(40) NOT NULL, class_id VARCHAR(40) NOT NULL, spec TEXT NOT NULL, "
+        "start_id VARCHAR(40) NOT NULL, reference TEXT NOT NULL, created FLOAT NOT NULL, closed FLOAT, "
+        "PRIMARY KEY (id), FOREIGN KEY(class_id) REFERENCES classes (id) ON DELETE CASCADE)",
+        "CREATE INDEX challenges_class ON challenges (class_id, created)",
+        "CREATE TABLE submissions (id VARCHAR(40) NOT NULL, class_id VARCHAR(40) NOT NULL, "
+        "challenge_id VARCHAR(40) NOT NULL, workspace_id VARCHAR(40) NOT NULL, name TEXT NOT NULL, "
+        "variant_id VARCHAR(40) NOT NULL, measured TEXT NOT NULL, checks TEXT NOT NULL, passed BOOLEAN NOT NULL, "
+        "score FLOAT, recipe TEXT NOT NULL, submitted FLOAT NOT NULL, hidden BOOLEAN NOT NULL, "
+        "superseded BOOLEAN NOT NULL, PRIMARY KEY (id), "
+        "FOREIGN KEY(class_id) REFERENCES classes (id) ON DELETE CASCADE, "
+        "FOREIGN KEY(challenge_id) REFERENCES challenges (id) ON DELETE CASCADE, "
+        "FOREIGN KEY(workspace_id) REFERENCES workspaces (id) ON DELETE CASCADE)",
+        "CREATE INDEX submissions_board ON submissions (challenge_id, superseded)",
+        "CREATE INDEX submissions_student ON submissions (class_id, workspace_id, submitted)",
+        "CREATE TABLE measurements (weights_sha256 VARCHAR(64) NOT NULL, what VARCHAR(80) NOT NULL, "
+        "value TEXT NOT NULL, measured FLOAT NOT NULL, PRIMARY KEY (weights_sha256, what))"],
 }
 
 

@@ -1,0 +1,108 @@
+"""The Class board page, driven headlessly with AppTest: a teacher creates a class and a challenge, a student
+joins by code and submits a variant of their own workspace from Compare & Download, the board shows it
+(a hostile display name as text), and bad codes and links end in a message, never a traceback."""
+import json
+
+import pytest
+import torch
+
+from compression.metrics import Metrics
+from compression.models import create_model
+from compression.prune import prune
+from compression.variant import Variant
+from app_fixtures import assets, goto, my_workspace, new_app, stop_background_work, store  # noqa: F401
+
+pytest.importorskip("streamlit")
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def ran(at):
+    """No exception, and no "could not finish" from the safety net (ui/safety.py) either."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e.value for e in at.error if "could not finish" in e.value]
+    return at
+
+
+def opened(at, page="board"):
+    at.run()
+    return ran(goto(ran(at), page))
+
+
+def texts(at) -> str:
+    return "\n".join(e.value for kind in ("markdown", "error", "success", "warning", "info", "caption")
+                     for e in at.get(kind))
+
+
+def click(at, label):
+    next(b for b in at.button if b.label == label).click()
+    ran(at.run())
+
+
+def form_submit(at, label):
+    next(b for b in at.get("form_submit_button") if b.label == label).click()
+    ran(at.run())
+
+
+def keep_own_variant(at, amount: float) -> str:
+    """A variant of the student's own (a pruned resnet8 at width 0.25), kept in their workspace."""
+    torch.manual_seed(1)
+    model = prune(create_model("resnet8", width=0.25), amount).eval()
+    return store().keep(my_workspace(at), Variant(f"pruned {amount}", model, "pruned", {"amount": amount},
+                                                  None, Metrics(eval_accuracy=0.99)))
+
+
+@pytest.fixture
+def teacher(assets, monkeypatch):
+    """A teacher who created a class with a custom challenge every entry can pass."""
+    at = opened(new_app(assets, monkeypatch))
+    next(t for t in at.text_input if t.label == "Class name").input("Monday lab")
+    form_submit(at, "Create the class")
+    role, token = at.session_state["_class"]
+    assert role == "teacher" and at.query_params["teacher"] == token and "ws" in at.query_params
+    at.text_input(key="custom_title").input("Smallest model")
+    at.number_input(key="custom_min_accuracy").set_value(0.0)
+    click(at, "Add this challenge")
+    assert "Added “Smallest model”." in texts(at)
+    return at
+
+
+def test_a_student_joins_by_code_submits_and_the_board_shows_the_name_as_text(teacher, assets, monkeypatch):
+    code = teacher.session_state["_class"][1]
+    from compression.classes import open_class
+    code = open_class(store(), code).join_code
+    student = opened(new_app(assets, monkeypatch))
+    next(t for t in student.text_input if t.label == "Join code").input(code.lower())
+    form_submit(student, "Join")
+    assert student.session_state["_class"] == ("join", code) and "ws" in student.query_params
+    assert f"You joined with code `{code}`" in texts(student)
+    vid = keep_own_variant(student, 0.5)
+    ran(goto(student, "compare"))
+    form = next(s for s in student.selectbox if s.label == "Challenge")
+    form.select(next(o for o in form.options if o == "Smallest model"))
+    next(s for s in student.selectbox if s.label == "Your variant").set_value(
+        next(r for r in store().variants(my_workspace(student)) if r.id == vid))
+    student.text_input(key="submit_name").input(HOSTILE)
+    form_submit(student, "Submit")
+    assert "Submitted: it meets every constraint." in texts(student)
+    assert "0.99" not in texts(student)                                 # the claimed accuracy is not used
+    ran(goto(teacher, "board"))
+    teacher.selectbox(key="board_challenge").set_value(teacher.selectbox(key="board_challenge").options[-1])
+    ran(teacher.run())
+    table = teacher.table[0].value
+    assert list(table["name"]) == [HOSTILE] and list(table.index) == ["1"]
+    shown = texts(teacher)               # Markdown (the moderation list) gets it backslash-escaped, as text
+    assert HOSTILE not in shown and "\\<img src=x onerror=alert\\(1\\)\\>" in shown
+    [chart] = teacher.get("plotly_chart")             # plotly's labels get it HTML-escaped
+    spec = json.loads(chart.proto.spec)
+    assert HOSTILE not in chart.proto.spec and "#1 &lt;img src=x onerror=alert(1)&gt;" in spec["data"][-2]["text"]
+
+
+def test_bad_codes_and_links_get_a_message_not_a_traceback(assets, monkeypatch):
+    at = opened(new_app(assets, monkeypatch))
+    next(t for t in at.text_input if t.label == "Join code").input("K7QX")
+    form_submit(at, "Join")
+    assert "A join code is 6 letters and digits" in texts(at) and "_class" not in at.session_state
+    bad = opened(new_app(assets, monkeypatch, teacher="x" * 500))
+    assert "The teacher link is damaged" in texts(bad)
+    click(bad, "Forget this link and start again")
+    assert "teacher" not in bad.query_params and "Join code" in [t.label for t in bad.text_input]
