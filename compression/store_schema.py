@@ -56,59 +56,8 @@ BUILTIN = "builtin"                        # the workspace of the pretrained mod
 DEFAULT_BUSY_MS = 5000
 
 METADATA = MetaData()
-SCHEMA = Table("schema_version", METADATA, Column("version", Integer, nullable=False))
-WORKSPACES = Table(
-    "workspaces", METADATA,
-    Column("id", String(40), primary_key=True),
-    Column("token_sha256", String(64), nullable=False, unique=True),
-    Column("created", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
-)
-VARIANTS = Table(
-    "variants", METADATA,
-    Column("id", String(40), primary_key=True),
-    Column("technique", Text, nullable=False),
-    Column("settings", Text, nullable=False),
-    Column("parent", Text),
-    Column("weights_sha256", String(64), nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("artifacts", Text, nullable=False),
-    Column("created", Float, nullable=False),
-    Index("variants_weights", "weights_sha256"),
-)
-MEMBERS = Table(
-    "workspace_variants", METADATA,
-    Column("workspace_id", String(40), ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
-    Column("variant_id", String(40), ForeignKey("variants.id"), primary_key=True),
-    Column("name", Text, nullable=False),
-    Column("metrics", Text, nullable=False),
-    Column("history", Text, nullable=False),
-    Column("added", Float, nullable=False),
-    Index("workspace_variants_variant", "variant_id"),
-)
 
-JOBS = Table(
-    "jobs", METADATA,
-    Column("id", String(40), primary_key=True),
-    Column("workspace_id", String(40), ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
-    Column("kind", Text, nullable=False),
-    Column("title", Text, nullable=False),
-    Column("settings", Text, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("progress", Text, nullable=False),
-    Column("curve", Text, nullable=False),
-    Column("error", Text),
-    Column("result", Text, nullable=False),
-    Column("created", Float, nullable=False),
-    Column("started", Float),
-    Column("finished", Float),
-    Column("server", Text, nullable=False),
-    Column("worker", Text),
-    Index("jobs_workspace", "workspace_id", "created"),
-)
 
-# Classes, challenges and submissions (version 3; compression/classes.py). A join code is unique among
-# the open classes only: closing a class frees its code.
 def _key(name: str = "id") -> Column:
     return Column(name, String(40), primary_key=True)
 
@@ -123,6 +72,34 @@ def _required(name: str, kind=Text) -> Column:
     return Column(name, kind, nullable=False)
 
 
+SCHEMA = Table("schema_version", METADATA, _required("version", Integer))
+WORKSPACES = Table(
+    "workspaces", METADATA, _key(), Column("token_sha256", String(64), nullable=False, unique=True),
+    _required("created", Float), _required("last_seen", Float),
+)
+VARIANTS = Table(
+    "variants", METADATA, _key(), _required("technique"), _required("settings"), Column("parent", Text),
+    _required("weights_sha256", String(64)), _required("size", BigInteger), _required("artifacts"),
+    _required("created", Float),
+    Index("variants_weights", "weights_sha256"),
+)
+MEMBERS = Table(
+    "workspace_variants", METADATA,
+    Column("workspace_id", String(40), ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+    Column("variant_id", String(40), ForeignKey("variants.id"), primary_key=True),
+    _required("name"), _required("metrics"), _required("history"), _required("added", Float),
+    Index("workspace_variants_variant", "variant_id"),
+)
+JOBS = Table(
+    "jobs", METADATA, _key(), _owner("workspace_id", "workspaces"), _required("kind"), _required("title"),
+    _required("settings"), _required("status", String(16)), _required("progress"), _required("curve"),
+    Column("error", Text), _required("result"), _required("created", Float), Column("started", Float),
+    Column("finished", Float), _required("server"), Column("worker", Text),
+    Index("jobs_workspace", "workspace_id", "created"),
+)
+
+# Classes, challenges and submissions (version 3; compression/classes.py). A join code is unique among
+# the open classes only: closing a class frees its code.
 CLASSES = Table(
     "classes", METADATA, _key(), _required("name"),
     Column("teacher_sha256", String(64), nullable=False, unique=True),
