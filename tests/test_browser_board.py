@@ -180,7 +180,7 @@ def test_a_class_joins_by_code_submits_and_watches_the_board(browser, server, st
         ws, _ = store.create_workspace()
         vid = pruned_variant(store, ws, amount, f"pruned {amount}")
         submit(store, code, challenge.id, ws, vid, f"Student {i + 4:02d}")
-    teacher.get_by_text("Presenter mode").click()
+    teacher.get_by_text("Presenter mode", exact=True).click()
     wait_rows(teacher, 11)
     assert teacher.locator('[data-testid=stSidebar]').is_hidden()
     teacher.screenshot(path=str(shots / "board-presenter-eleven.png"), full_page=True)
