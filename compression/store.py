@@ -220,8 +220,14 @@ class Store:
 
     def register_pretrained(self, variant: Variant) -> str:
         """Store a pretrained model as a read-only entry that every workspace sees; returns its id.
-        Idempotent: registering the same model again returns the same id."""
-        return self._keep(BUILTIN, [PackedVariant.of(variant)])[0]
+        Idempotent: registering the same model again returns the same id. An entry of the same name with
+        other weights (what an earlier release shipped) leaves the list, which shows what the server ships
+        now; its row stays for the variants made from it."""
+        new_id = self._keep(BUILTIN, [PackedVariant.of(variant)])[0]
+        stale = and_(MEMBERS.c.workspace_id == BUILTIN, MEMBERS.c.name == variant.name, MEMBERS.c.variant_id != new_id)
+        with db_errors(self.engine), self._writer.begin() as conn:
+            conn.execute(delete(MEMBERS).where(stale))
+        return new_id
 
     def keep_packed(self, workspace: Workspace, items: list["PackedVariant"]) -> list[str]:
         """Store variants whose weights are packed already (a checked import): every file first, then

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -32,7 +33,8 @@ def start_server(port: int, env: dict | None = None) -> subprocess.Popen:
     if not Path(CHROMIUM).exists():
         pytest.skip("browser test: Debian's chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",          # a data folder of its own: nothing another test kept
+           "PLAYGROUND_HOME": tempfile.mkdtemp(prefix="playground-e2e-"), **(env or {})}
     log = open(ROOT / "out" / f"streamlit-e2e-{port}.log", "w") if (ROOT / "out").is_dir() else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1"],

@@ -184,6 +184,18 @@ def test_pretrained_models_are_seen_by_every_workspace_and_cannot_be_deleted(ope
     assert torch.equal(logits(store.model(bob, pretrained)), logits(tiny_model(7)))
 
 
+def test_new_pretrained_weights_replace_the_listed_entry_and_keep_what_was_made_from_the_old(opener):
+    store = opener()
+    old = store.register_pretrained(tiny_variant(7, "resnet8 (pretrained)", "pretrained"))
+    alice, _ = store.create_workspace()
+    own = store.keep(alice, tiny_variant(0, parent=old))
+    new = store.register_pretrained(tiny_variant(8, "resnet8 (pretrained)", "pretrained"))
+    assert new != old
+    assert [(v.id, v.builtin) for v in store.variants(alice)] == [(new, True), (own, False)]
+    assert store.variant(alice, own).parent == old
+    assert torch.equal(logits(store.model(alice, own)), logits(tiny_model(0)))
+
+
 def test_delete_removes_only_the_workspaces_own_entry_and_gc_the_unused_files(opener):
     store = opener()
     alice, _ = store.create_workspace()
