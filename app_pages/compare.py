@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from compression.export import safetensors_bytes
+from compression.export import packed_bytes, safetensors_bytes
 from compression.files import ModelFileError, load_any_bytes
 from compression.models import ARCHS as MODEL_ARCHS
 from compression.metrics import latency_ms
@@ -94,9 +94,10 @@ def download_buttons(records) -> None:
 
 
 def files(where, store, ws, record) -> None:
-    """Packed (the stored file), safetensors (made from the model) and real int8 (if it has one)."""
+    """Packed and safetensors, each carrying the variant's name, recipe and listed accuracy (made from the
+    stored model when clicked), and real int8 (if it has one)."""
     stem = file_stem(record.as_variant())
-    made = [("Packed (.cmpk)", "cmpk", lambda: store.weights(ws, record.id)),
+    made = [("Packed (.cmpk)", "cmpk", lambda: packed_bytes(record.as_variant(store.model(ws, record.id)))),
             ("Weights (.safetensors)", "safetensors",
              lambda: safetensors_bytes(record.as_variant(store.model(ws, record.id))))]
     if "int8" in record.artifacts:

@@ -82,7 +82,7 @@ def test_training_one_epoch_on_the_sample_joins_the_table(app):
 
 def test_downloads_reload_to_the_same_accuracy(app):
     from compression.data import eval_subset, load_sample
-    from compression.export import safetensors_bytes
+    from compression.export import packed_bytes, safetensors_bytes
     from compression.files import load_any_bytes
     from compression.train import evaluate
 
@@ -94,11 +94,12 @@ def test_downloads_reload_to_the_same_accuracy(app):
     assert "pruned 60%" in record.name
     ws = my_workspace(app)
     ev = eval_subset(load_sample()[1])
-    made = {"cmpk": store().weights(ws, record.id),              # what the page's Download buttons send
-            "safetensors": safetensors_bytes(record.as_variant(store().model(ws, record.id)))}
+    variant = record.as_variant(store().model(ws, record.id))
+    made = {"cmpk": packed_bytes(variant), "safetensors": safetensors_bytes(variant)}   # what the buttons send
     for ext, data in made.items():
-        model, _ = load_any_bytes(data, f"download.{ext}")
+        model, meta = load_any_bytes(data, f"download.{ext}")
         assert evaluate(model, ev).accuracy == record.metrics.eval_accuracy, ext
+        assert meta["eval_accuracy"] == f"{record.metrics.eval_accuracy:.4f}" and meta["name"] == record.name, ext
 
 
 @pytest.mark.parametrize("name,content", [
