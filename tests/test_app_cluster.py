@@ -2,38 +2,20 @@
 workers of a separately started `dask scheduler` + `dask worker` (CI's, named by PLAYGROUND_TEST_SCHEDULER,
 or two processes started here on 127.0.0.1), and their variants join the workspace as on the local
 cluster. Nothing else in the app knows which of the two it runs on."""
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 from distributed import Client
 
 from app_fixtures import goto, my_workspace, new_app, store, wait_for_job
-from test_engine import dask_worker, stop_process
+from test_engine import scheduler  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """$PLAYGROUND_TEST_SCHEDULER, or a `dask scheduler` and one single-thread `dask worker` started here."""
-    address = os.environ.get("PLAYGROUND_TEST_SCHEDULER")
-    processes = []
-    if not address:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        address = f"tcp://127.0.0.1:{port}"
-        processes.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
-                                           "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        processes.append(dask_worker(address, "--nthreads", "1"))
-    with Client(address, timeout=60) as client:
-        client.wait_for_workers(1, timeout=120)
+def cluster(scheduler):
+    """test_engine's cluster ($PLAYGROUND_TEST_SCHEDULER, or one started there) and its workers."""
+    with Client(scheduler, timeout=60) as client:
         workers = set(client.scheduler_info()["workers"])
-    yield address, workers
-    for process in reversed(processes):
-        stop_process(process)
+    return scheduler, workers
 
 
 @pytest.fixture
