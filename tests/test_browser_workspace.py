@@ -6,13 +6,12 @@ new browser context (another device): both there. Restart the server on the same
 there, and a download reloads to the accuracy it is listed with. Start a 1-epoch training run, reload
 during it: its live curve is redrawn from the store and keeps growing, and its model arrives as a
 variant. A screenshot of each step goes to $SCREENSHOT_DIR (default out/screenshots), workspace-*.png."""
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, ROOT, free_port, no_exceptions, settle, start_server
+from test_browser import CHROMIUM, free_port, no_exceptions, settle, shots, start_server  # noqa: F401 (shots)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PAGE_MS = 300_000                # hang guards on a busy machine, not speed checks
@@ -60,13 +59,6 @@ def server(tmp_path):
     s.start()
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def shots() -> Path:
-    folder = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "out" / "screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def visit(context, url: str, marker: str):
