@@ -25,7 +25,17 @@ peak, and 30 s after all sessions closed. The 1-minute load average is sampled w
 `--variant LABEL=OPTION=VALUE,...` runs the same sessions on a server started with Streamlit options
 (e.g. `--variant gc=runner.postScriptGC=true --variant nogc=runner.postScriptGC=false`), one server per
 variant, so a before/after is one command; `app=DIR` in the list runs the app of another checkout
-(`git archive REV | tar -x -C DIR` makes one) — and keeps edits to this one out of a run.
+(`git archive REV | tar -x -C DIR` makes one) — and keeps edits to this one out of a run; `jobs=K` starts
+K long training runs (resnet8, 200 epochs on the bundled sample), each from a workspace of its own on the
+Train page, after the warm-up and before the classes, so the class works while the job engine does
+(issue 20: a 10-session lesson's p95 with 2 jobs against the same with none):
+
+    python bench/class_load.py --sessions 10 --mode lesson --moves 5 \
+        --variant no-jobs= --variant 2-jobs=jobs=2 --markdown docs/ENGINE.md
+
+Every row also says how long the server took to answer its health check after `streamlit run` started
+(`start_s`: the job engine's local cluster starts lazily, with the first job, so it is not in it) and how
+long the first visit took to settle (`first_load_s`: loading the model, the data and the first charts).
 """
 from __future__ import annotations
 
@@ -244,6 +254,28 @@ async def first_visit(base: str, timeout_s: float) -> float:
     return student.load_s
 
 
+async def start_jobs(base: str, k: int, timeout_s: float) -> list[str]:
+    """K students (workspaces of their own) each start a long training run on the Train page and close
+    the tab: the jobs go on without it. Returns what each page said once its job was accepted."""
+    from playwright.async_api import async_playwright
+
+    said = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        for _ in range(k):
+            context = await browser.new_context(viewport=VIEWPORT)
+            page = await context.new_page()
+            await page.goto(f"{base}/train", timeout=timeout_s * 1000)
+            await page.get_by_label("Epochs", exact=True).fill("200")
+            await page.get_by_role("button", name="Start training").click()
+            status = page.get_by_text("waiting for a worker").or_(page.get_by_text("step ")).first
+            await status.wait_for(timeout=timeout_s * 1000)
+            said.append((await status.inner_text()).strip()[:120])
+            await context.close()
+        await browser.close()
+    return said
+
+
 def warm_up(base: str, monitor: TreeMonitor, timeout_s: float) -> dict:
     """One visit, so that the models, data and caches a first visitor loads are in; then quiet."""
     first = asyncio.run(first_visit(base, timeout_s))
@@ -275,11 +307,16 @@ def run_variant(label: str, options: dict[str, str], args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="class-load-") as home:
         app_dir = Path(options.get("app", ROOT))
-        proc, base = start_server(Path(home), {k: v for k, v in options.items() if k != "app"},
+        t_start = time.time()
+        proc, base = start_server(Path(home), {k: v for k, v in options.items() if k not in ("app", "jobs")},
                                   log=Path(home) / "server.log", app_dir=app_dir)
+        start_s = round(time.time() - t_start, 2)
         monitor = TreeMonitor(proc.pid)
         try:
-            warm = warm_up(base, monitor, args.load_timeout)
+            warm = {"start_s": start_s, **warm_up(base, monitor, args.load_timeout)}
+            if int(options.get("jobs", 0)):
+                warm["jobs_started"] = asyncio.run(start_jobs(base, int(options["jobs"]), args.load_timeout))
+                time.sleep(10)          # the local cluster has started and the first job is training
             for n in args.sessions:
                 shot = Path(args.screenshots) / f"prune-{label}-{args.mode}-{n}.png" if args.screenshots else None
                 spy = profile(proc.pid, Path(args.py_spy) / f"{label}-{args.mode}-{n}.txt") if args.py_spy else None
@@ -307,7 +344,7 @@ def markdown_table(rows: list[dict]) -> str:
     head = ("| variant | mode | sessions | page load p50 / p95 / max (s) | move settle p50 / p95 / max (s) "
             "| timed out: loads, moves | page errors | server cores: loading / idle / moving / after close "
             "| server CPU s per page, per move | browser cores loading | RSS warm / peak / 30 s after close (MB) "
-            "| load avg start / max |\n" + "| --- " * 12 + "|\n")
+            "| load avg start / max | server start, first page (s) |\n" + "| --- " * 13 + "|\n")
     return head + "".join(
         f"| {r['variant']} | {r['mode']} | {r['sessions']} | {cell(r['page_load_s'])} | {cell(r['move_settle_s'])} "
         f"| {r['load_timeouts']} of {r['sessions']}, {r['timeouts'] - r['load_timeouts']} of {r['moves_tried']} "
@@ -315,7 +352,7 @@ def markdown_table(rows: list[dict]) -> str:
         f"{r['server_cores']['moving']} / {r['server_cores']['after_close']} | {r['server_cpu_s_per_load']}, "
         f"{r['server_cpu_s_per_move'] or '—'} | {r['browser_cores']['loading']} | {r['rss_warm_mb']} / "
         f"{r['server_rss_mb']['peak']} / {r['server_rss_mb']['after_close']} | {r['load_average']['start']} / "
-        f"{r['load_average']['max']} |\n" for r in rows)
+        f"{r['load_average']['max']} | {r.get('start_s', '—')}, {r.get('first_load_s', '—')} |\n" for r in rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
