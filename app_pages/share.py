@@ -1,6 +1,6 @@
 import streamlit as st
 
-from compression.packed_sizes import packed_breakdown, packed_summary
+from compression.packed_sizes import packed_summary
 from compression.share import K_CHOICES as CLUSTERS, codebooks
 from compression.views import histogram, layer_names, layer_weight, weight_range
 from ui import cached, charts, jobs, lesson, state, workspace
@@ -19,9 +19,9 @@ def intro() -> None:
              r"\qquad \text{bits per weight} \approx \log_2 k")
 
 
-def headline(variant, shared, acc: float, before_acc: float) -> list[dict]:
+def headline(variant, shared, k: int, acc: float, before_acc: float) -> list[dict]:
     """Accuracy, bits per weight and packed size; returns the per-layer rows of the packed file."""
-    breakdown = packed_breakdown(shared)
+    breakdown = cached.shared_breakdown(variant.id, k, shared)
     summary = packed_summary(breakdown)
     total = summary["total_bytes"]
     m = st.columns(4)
@@ -34,22 +34,29 @@ def headline(variant, shared, acc: float, before_acc: float) -> list[dict]:
     return [r for r in breakdown if r["params"]]
 
 
-def layers(variant, shared, weights: list[dict]) -> None:
-    """One layer's weights before and after, with its centroids; bits per weight of every layer."""
+def histogram_chart(model, shared, layer: str):
+    lo_hi = weight_range(model, layer)
+    centroids, _ = codebooks(shared)[layer]
+    return charts.histogram_before_after(
+        histogram(layer_weight(model, layer), value_range=lo_hi, drop_zeros=True),
+        histogram(layer_weight(shared, layer), value_range=lo_hi, drop_zeros=True, bins=160),
+        f"Weights of {layer}: {len(centroids)} shared values", after_name="after sharing (nonzero)",
+        levels=centroids.tolist(), level_name="centroids")
+
+
+def layers(variant, shared, k: int, weights: list[dict]) -> None:
+    """One layer's weights before and after, with its centroids; bits per weight of every layer (each
+    chart built once per server for the variant, k and the layer)."""
     names = layer_names(shared)
     left, right = st.columns([3, 2])
     with left:
         layer = st.selectbox("Layer", names, index=min(4, len(names) - 1), key="share_layer")
-        lo_hi = weight_range(variant.model, layer)
-        centroids, _ = codebooks(shared)[layer]
-        st.plotly_chart(charts.histogram_before_after(
-            histogram(layer_weight(variant.model, layer), value_range=lo_hi, drop_zeros=True),
-            histogram(layer_weight(shared, layer), value_range=lo_hi, drop_zeros=True, bins=160),
-            f"Weights of {layer}: {len(centroids)} shared values", after_name="after sharing (nonzero)",
-            levels=centroids.tolist(), level_name="centroids"), key="share_hist")
+        st.plotly_chart(cached.figure((variant.id, "shared", k, "histogram", layer),
+                                      lambda: histogram_chart(variant.model, shared, layer)), key="share_hist")
     with right:
-        st.plotly_chart(charts.bars([r["name"] for r in weights], [r["bits_per_nonzero"] for r in weights],
-                                    "Bits per nonzero weight, per layer", "bits"), key="share_bits")
+        st.plotly_chart(cached.figure((variant.id, "shared", k, "bits"), lambda: charts.bars(
+            [r["name"] for r in weights], [r["bits_per_nonzero"] for r in weights],
+            "Bits per nonzero weight, per layer", "bits")), key="share_bits")
 
 
 @jobs.live
@@ -80,8 +87,8 @@ def share_page() -> None:
     lesson.link(c2, "share", ["share_k"])
     shared, acc = cached.shared(variant.id, k, variant.model, data.eval)
     before_acc = cached.accuracy(variant.id, variant.model, data.eval)
-    weights = headline(variant, shared, acc, before_acc)
-    layers(variant, shared, weights)
+    weights = headline(variant, shared, k, acc, before_acc)
+    layers(variant, shared, k, weights)
     keep_it(variant, shared, data, k)
 
 

@@ -66,6 +66,15 @@ def shared(variant_id: str, k: int, _model: nn.Module, _eval: ImageSet) -> tuple
     return model, evaluate(model, _eval).accuracy
 
 
+@st.cache_resource(max_entries=24, show_spinner=False)
+def shared_breakdown(variant_id: str, k: int, _model: nn.Module) -> list[dict]:
+    """Where the packed file of `shared(variant_id, k)` spends its bytes, per layer (packing it runs the
+    Huffman coder over every index: too slow to repeat on every rerun)."""
+    from compression.packed_sizes import packed_breakdown
+
+    return packed_breakdown(_model)
+
+
 @st.cache_resource(max_entries=32, show_spinner=False)
 def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
               _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
