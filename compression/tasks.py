@@ -164,6 +164,19 @@ def calibration(train: D.ImageSet, n: int) -> D.ImageSet:
     return train.subset(slice(max(0, len(train) - n), len(train)), "calibration")
 
 
+def _steps(report: Report) -> Report:
+    """The auto modes' progress (done / total layers measured, then "measure") as the steps and messages a
+    page's progress bar reads."""
+    def publish(**event) -> None:
+        if "done" in event:
+            event.update(step=event["done"], total_steps=event["total"],
+                         message=f"Measuring each layer's sensitivity: {event['done']} of {event['total']} layers")
+        elif event.get("phase") == "measure":
+            event["message"] = "Measuring the auto and the uniform model on the eval subset"
+        report(**event)
+    return publish
+
+
 def _auto_prune(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
     """spec: parent (variant payload), target_sparsity (0 … 0.98, met exactly); optional method, keep_first_last,
     calib_images (default 256), levels. Makes [auto, uniform at the same sparsity] (jobs.auto_prune_variants)."""
@@ -175,8 +188,8 @@ def _auto_prune(spec: dict, data: Data, report: Report, stop: Stop) -> list[Vari
     config = AutoPruneConfig(target_sparsity=float(spec["target_sparsity"]), method=spec.get("method", "magnitude"),
                              exempt=FIRST_AND_LAST if spec.get("keep_first_last") else (), calib_images=n, **extra)
     try:
-        made, _ = auto_prune_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval, report,
-                                      stop)
+        made, _ = auto_prune_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval,
+                                      _steps(report), stop)
     except InterruptedError:          # Stop while measuring: nothing made
         return []
     return made
@@ -191,7 +204,7 @@ def _auto_quant(spec: dict, data: Data, report: Report, stop: Stop) -> list[Vari
     config = AutoQuantConfig(int(spec["budget_bytes"]), criterion=spec.get("criterion", "loss"), calib_images=n)
     try:
         made, _ = auto_quantize_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval,
-                                         report, stop)
+                                         _steps(report), stop)
     except InterruptedError:
         return []
     return made
