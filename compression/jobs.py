@@ -322,7 +322,7 @@ def onnx_file(model: nn.Module, fmt: str, calib: ImageSet, metadata: dict | None
     return export_fp32(model, metadata) if fmt == "fp32" else export_int8(model, calib, metadata=metadata)
 
 
-def onnx_check(parent: Variant, eval_set: ImageSet, calib: ImageSet, report: Report, stop: Stop,
+def check_onnx_files(parent: Variant, eval_set: ImageSet, calib: ImageSet, report: Report, stop: Stop,
                keep: Callable[[str, bytes], None] | None = None) -> dict:
     """Compare & Download's ONNX check (a short analysis): both .onnx files of `parent` (onnx_file), each
     run in ONNX Runtime on `eval_set` against the model in PyTorch: {fmt: {"bytes": file size,
