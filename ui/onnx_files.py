@@ -6,7 +6,7 @@ without PyTorch, the check of both files in ONNX Runtime against the model in Py
   calibrated on the first 4 × 128 training images of the data in use) and kept in a server-side cache
   bounded by bytes (PLAYGROUND_ONNX_CACHE_MB, default 64), keyed by variant id, format and calibration
   images: a variant's id names its weights, so every session shares them.
-- The check ("Check in ONNX Runtime") is a short analysis (ui/analyses.py) run once per server per variant:
+- The check ("Check ONNX") is a short analysis (ui/analyses.py) run once per server per variant:
   it makes both files (and caches them, so the download is the file that was checked) and measures each on
   the eval subset in ONNX Runtime against the PyTorch model (compression.jobs.check_onnx_files). A fragment
   polls while it runs, and only then.
@@ -71,8 +71,9 @@ def section(where, record, data) -> None:
                             "Runtime without PyTorch" + (", int8 QDQ" if fmt == "int8" else ""))
     task = analyses.task(check_key(record.id, calib))
     if task is None or not (task.active or task.status == analyses.DONE):
-        if cols[2].button("Check in ONNX Runtime", key=f"onnx-check-{record.id}", icon=":material/fact_check:",
-                          width="stretch"):
+        if cols[2].button("Check ONNX", key=f"onnx-check-{record.id}", icon=":material/fact_check:",
+                          width="stretch", help="Run both .onnx files in ONNX Runtime on the eval subset and compare "
+                                                "them with the model in PyTorch (about half a minute)"):
             start_check(record.id, data)
             st.rerun()
         if task is not None and task.error:
@@ -111,7 +112,8 @@ def check_text(result: dict) -> str:
     lines = []
     for fmt, r in result.items():
         lines.append(f"**ONNX Runtime, {fmt}**: {accuracy(r['onnx'])} on the {r['images']:,} eval images "
-                     f"(PyTorch {accuracy(r['pytorch'])}; same top-1 class on {100 * r['agreement']:.1f} %) · "
+                     f"(PyTorch fp32: {accuracy(r['pytorch'])}; same top-1 class as PyTorch on "
+                     f"{100 * r['agreement']:.1f} % of them) · "
                      f"{kib(r['bytes'])}")
     return "  \n".join(lines)
 
