@@ -37,7 +37,7 @@ def reload(at, assets, monkeypatch, page: str):
     again = new_app(assets, monkeypatch, ws=at.session_state["_workspace"][0])
     again.run()
     goto(again, page)
-    again.radio(key=f"{page}_mode").set_value("Auto").run()
+    again.radio(key=f"mode_{page}").set_value("Auto").run()
     assert not again.exception
     return again
 
@@ -51,7 +51,7 @@ def made(at, kind: str):
 def test_auto_prune_meets_the_target_exactly_and_its_allocation_is_drawn_after_a_reload(app, assets, monkeypatch):
     parent = in_hand(app, "resnet8")
     goto(app, "prune")
-    app.radio(key="prune_mode").set_value("Auto").run()
+    app.radio(key="mode_prune").set_value("Auto").run()
     assert not app.exception
     app.slider(key="auto_prune_target").set_value(60)
     app.select_slider(key="auto_prune_calib").set_value(64).run()
@@ -79,7 +79,7 @@ def test_auto_quantize_fits_the_budget_and_its_allocation_is_drawn_after_a_reloa
 
     parent = in_hand(app, "resnet8")
     goto(app, "quantize")
-    app.radio(key="quantize_mode").set_value("Auto").run()
+    app.radio(key="mode_quantize").set_value("Auto").run()
     model = store().model(my_workspace(app), parent)
     budget_kib = round(packed_size(quantize_weights(model, 4)) / 1024 + 1, 1)
     app.number_input(key="auto_quant_budget").set_value(budget_kib)
@@ -101,7 +101,7 @@ def test_auto_quantize_fits_the_budget_and_its_allocation_is_drawn_after_a_reloa
 def test_a_budget_below_two_bits_everywhere_is_a_message_not_a_job(app):
     in_hand(app, "resnet8")
     goto(app, "quantize")
-    app.radio(key="quantize_mode").set_value("Auto").run()
+    app.radio(key="mode_quantize").set_value("Auto").run()
     app.number_input(key="auto_quant_budget").set_value(1.0).run()
     assert not app.exception and "below what 2 bits in every layer take" in app.error[0].value
     assert not [b for b in app.button if b.label == "Find per-layer bit widths"]

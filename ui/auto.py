@@ -28,7 +28,7 @@ CRITERIA = {"loss": "Calibration loss (measured on training images)", "sqnr": "R
 
 def mode(page: str) -> str:
     """The Manual | Auto switch at the top of a page's controls (kept across page visits)."""
-    key = f"{page}_mode"
+    key = f"mode_{page}"     # not "{page}_mode": the Quantize page has a "quantize_mode" (its grid)
     if key not in st.session_state:
         st.session_state[key] = st.session_state.get(f"_keep_{key}", MODES[0])
     choice = st.radio("Mode", MODES, key=key, horizontal=True,
