@@ -9,7 +9,7 @@ from compression.store_errors import StoreError
 from compression.train import evaluate
 from compression.variant import file_stem, measure_variant, pareto_frontier, report_csv, report_json
 from compression.workspace_zip import export_workspace, import_workspace
-from ui import board, charts, state, workspace
+from ui import board, charts, onnx_files, state, workspace
 from ui.format import accuracy, kib, plain
 
 IMPORT_MAX_MB = 100          # a workspace export: the weights of every variant (a resnet20 packs to < 1 MB)
@@ -74,8 +74,9 @@ def chart_and_reports(rows: list[dict]) -> None:
                        icon=":material/description:", on_click="ignore")
 
 
-def download_buttons(records) -> None:
-    """Each variant's files, read from the store when clicked; Delete for the workspace's own."""
+def download_buttons(records, data) -> None:
+    """Each variant's files, read from the store when clicked (ONNX: made when clicked, and checked in ONNX
+    Runtime on request); Delete for the workspace's own."""
     st.subheader("Downloads")
     store, ws = workspace.store(), workspace.get()
     for record in records:
@@ -89,6 +90,7 @@ def download_buttons(records) -> None:
                           "import it again from a workspace export.")
             else:
                 files(b, store, ws, record)
+                onnx_files.section(b, record, data)
             if not record.builtin:
                 delete_button(a, record)
 
@@ -129,6 +131,8 @@ def delete_button(where, record) -> None:
 def add_upload(upload, arch: str | None, data) -> tuple[str, str]:
     """Load, check and evaluate an uploaded file and keep it: ("success" | "error", message)."""
     file_name = upload.name[:80]
+    if file_name.lower().endswith(".onnx"):
+        return onnx_files.evaluate_upload(upload.getvalue(), file_name, data)
     try:
         model, meta = load_any_bytes(upload.getvalue(), file_name, arch)
         # Evaluated batch by batch: each progress update is a point where Streamlit stops the script when the
@@ -152,10 +156,12 @@ def upload_form(data) -> None:
     """Upload a model file: read as numbers (never executed), checked, evaluated and added."""
     st.subheader("Upload a model")
     st.markdown("A packed file (`.cmpk`) or safetensors weights of one of the CIFAR ResNets. Nothing in the file "
-                "is executed: it is read as numbers, checked, evaluated and added to the table.")
+                "is executed: it is read as numbers, checked, evaluated and added to the table. An `.onnx` file "
+                "(standard operators, weights inside) is checked and run in ONNX Runtime on the eval subset.")
     u1, u2 = st.columns([3, 1])
     arch = u2.selectbox("Architecture (if the file does not say)", ["from file"] + list(MODEL_ARCHS), key="upload_arch")
-    upload = u1.file_uploader("Model file", type=["cmpk", "safetensors"], key="upload_file")
+    upload = u1.file_uploader("Model file", type=["cmpk", "safetensors", "onnx"],
+                           key="upload_file")
     if upload is not None and st.session_state.get("_uploaded") != upload.file_id:
         st.session_state["_uploaded"] = upload.file_id
         st.session_state["_upload_message"] = add_upload(upload, None if arch == "from file" else arch, data)
@@ -202,7 +208,7 @@ def compare_page() -> None:
         latency_button(records)
         variants_table(rows)
         chart_and_reports(rows)
-        download_buttons(records)
+        download_buttons(records, data)
     board.submit_section()
     upload_form(data)
     workspace_files()

@@ -6,7 +6,7 @@ from compression.jobs import pruning_curve, sensitivity_curves, structured_curve
 from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, sparsity
 from compression.schedule import agp_curve
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
-from ui import analyses, cached, charts, jobs, lesson, state, workspace
+from ui import analyses, auto, cached, charts, jobs, lesson, state, workspace
 from ui.format import accuracy
 from ui.keep import keep_button
 
@@ -218,6 +218,8 @@ def prune_page() -> None:
                    choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],
                             "prune_criterion": list(CRITERIA)}, bounds={"prune_ratio": (0, 99)})
     data = state.data_in_use()
+    if auto.mode("prune") == "Auto":
+        return auto.prune_mode(variant, data)
     calib = data.train.subset(slice(0, 512), "calibration batches")
     method, criterion, scope, exempt, percent = controls()
     model, structured = variant.model, criterion is not None

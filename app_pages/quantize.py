@@ -7,7 +7,7 @@ from compression.jobs import bits_curve
 from compression.quantize import FLOAT_FORMATS, quant_grid
 from compression.views import (distinct_per_channel, distinct_values, histogram, layer_names, layer_quant_error,
                                layer_weight, weight_range)
-from ui import analyses, cached, charts, jobs, lesson, state, workspace
+from ui import analyses, auto, cached, charts, jobs, lesson, state, workspace
 from ui.format import accuracy, plain
 from ui.keep import keep_button
 
@@ -170,6 +170,8 @@ def quantize_page() -> None:
                             "quantize_calib": list(CALIBRATION_METHODS)},
                    bounds={"quantize_abits": (2, 8)})
     data = state.data_in_use()
+    if auto.mode("quantize") == "Auto":
+        return auto.quantize_mode(variant, data)
     calib = data.train.subset(slice(0, 256), "calibration batches")
     choice = controls()
     model = variant.model

@@ -207,6 +207,9 @@ def onnx_lines(onnx: dict) -> list[str]:
     return lines
 
 
+IN_THE_APP = "**In the app.** The Prune and Quantize pages have a *Manual | Auto* switch. In Auto mode the student sets the budget (Prune: the target sparsity, met exactly; Quantize: the packed size in KiB) and the number of calibration images; the sensitivity pass runs as a job of the job engine (tasks `auto_prune` and `auto_quant` of `compression/tasks.py`), and the page then draws the chosen per-layer sparsities or bit widths beside the uniform ones at the same budget, with both models' accuracy on the eval subset and the drop from the model in hand (an allowed accuracy drop is not a budget the library takes, so the drop is measured and shown). Both models join the workspace's variants as children of the model in hand; the allocation is kept in the auto variant's history, so the page draws it again after a reload. Compare & Download offers every variant as an fp32 and an int8 (QDQ) `.onnx`, made when clicked; *Check ONNX* runs both files in ONNX Runtime on the eval subset against the model in PyTorch (pretrained resnet20: fp32 89.8 %, as PyTorch; int8 89.7 %, the same top-1 class on 98.9 % of the images), and an uploaded `.onnx` is checked and evaluated in ONNX Runtime. Screenshots: [Prune, Auto](screenshots/auto-prune.png), [Quantize, Auto](screenshots/auto-quantize.png), [Compare & Download, ONNX](screenshots/compare-onnx.png)."
+
+
 def render(meta: dict, r: dict) -> str:
     """The results as docs/AUTO.md."""
     lines = ["# Automatic per-layer compression and ONNX exports, on the pretrained resnet20", "",
@@ -221,6 +224,7 @@ def render(meta: dict, r: dict) -> str:
              f"every budget was fixed in `bench/auto_results.py` before the run (its docstring), nothing was "
              f"tuned on the test set." + (" **QUICK RUN: a smoke test, not results.**" if meta["quick"] else ""), ""]
     lines += [*meta.get("notes", []), ""] if meta.get("notes") else []
+    lines += [IN_THE_APP, ""]
     lines += ["## Pruning: auto against uniform and global magnitude", "",
               f"One-shot, then the same fine-tuning for every model ({meta['finetune_epochs']:g} epoch over the "
               f"training set, lr {FINETUNE_LR} cosine, masks kept). The predicted loss is the calibration loss "

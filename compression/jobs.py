@@ -229,7 +229,8 @@ def auto_prune_variants(parent: Variant, config, calib: ImageSet, eval_set: Imag
     """Prune mode "Auto": auto_prune.auto_prune (config an AutoPruneConfig; `sensitivity` from an earlier
     run on the same variant skips the measuring), and the uniform model at the same overall sparsity
     for comparison. Returns ([auto variant, uniform variant], the PruneAllocation: its rows() are the
-    bar chart, its curves the sensitivity)."""
+    bar chart, its curves the sensitivity). The auto variant's history holds the allocation as plain
+    data (`allocation_record`), so a page shows it again after a reload."""
     from .auto_prune import auto_prune
     from .prune import prune
 
@@ -244,6 +245,9 @@ def auto_prune_variants(parent: Variant, config, calib: ImageSet, eval_set: Imag
                                     data=calib), "pruned",
                               {"method": config.method, "scope": "layer", "amount": round(allocation.sparsity, 4)},
                               parent, name=f"{label} uniform {allocation.sparsity:.0%}", eval_set=eval_set, latency=True)
+    auto.history = [allocation_record("sparsity", parent, auto, uniform, eval_set, layers=allocation.rows(),
+                                      target=allocation.target, rule=allocation.rule, sparsity=allocation.sparsity,
+                                      calib_images=config.calib_images)]
     return [auto, uniform], allocation
 
 
@@ -251,7 +255,8 @@ def auto_quantize_variants(parent: Variant, config, calib: ImageSet, eval_set: I
                            stop: Stop, sensitivity=None) -> tuple[list[Variant], object]:
     """Quantize mode "Auto": auto_quant.auto_quantize (config an AutoQuantConfig), and the widest uniform
     width that fits the same budget. Returns ([auto variant, uniform variant if one fits], the
-    BitAllocation: its rows() are the bar chart)."""
+    BitAllocation: its rows() are the bar chart); the auto variant's history holds the allocation
+    (`allocation_record`)."""
     from .auto_quant import auto_quantize
     from .quantize import quantize_weights
 
@@ -268,7 +273,28 @@ def auto_quantize_variants(parent: Variant, config, calib: ImageSet, eval_set: I
         variants.append(measure_variant(uniform, "quantized", {"bits": allocation.uniform_bits}, parent,
                                         name=f"{label} uniform w{allocation.uniform_bits}", eval_set=eval_set,
                                         latency=True))
+    variants[0].history = [allocation_record(
+        "bits", parent, variants[0], variants[1] if len(variants) > 1 else None, eval_set, layers=allocation.rows(),
+        budget_bytes=config.budget_bytes, packed_bytes=allocation.packed_bytes, uniform_bits=allocation.uniform_bits,
+        uniform_bytes=allocation.uniform_bytes, mean_bits=allocation.mean_bits, rule=allocation.rule,
+        criterion=config.criterion, calib_images=config.calib_images)]
     return variants, allocation
+
+
+def allocation_record(kind: str, parent: Variant, auto: Variant, uniform: Variant | None, eval_set: ImageSet,
+                      **fields) -> dict:
+    """What the Auto mode of a page draws, as plain data kept in the auto variant's history: {"allocation":
+    kind ("sparsity" or "bits"), "layers": one row per layer (auto and uniform setting), "accuracy": {"auto",
+    "uniform" (None when no uniform model fits), "parent"} on `eval_set`, "images", and the allocation's
+    figures (target, rule, sizes, ...)}."""
+    from .train import evaluate
+
+    before = parent.metrics.eval_accuracy
+    if before is None:
+        before = evaluate(parent.model, eval_set).accuracy
+    return {"allocation": kind, **fields, "images": len(eval_set),
+            "accuracy": {"auto": auto.metrics.eval_accuracy, "parent": before,
+                         "uniform": None if uniform is None else uniform.metrics.eval_accuracy}}
 
 
 def onnx_export(parent: Variant, eval_set: ImageSet, report: Report, stop: Stop, int8: bool = False,
@@ -281,3 +307,43 @@ def onnx_export(parent: Variant, eval_set: ImageSet, report: Report, stop: Stop,
 
     report(phase="onnx", message="exporting and timing")
     return export_and_verify(parent.model, eval_set, int8=int8, calib=calib, metadata=variant_metadata(parent))
+
+
+ONNX_FORMATS = ("fp32", "int8")
+
+
+def onnx_file(model: nn.Module, fmt: str, calib: ImageSet, metadata: dict | None = None) -> bytes:
+    """The .onnx file Compare & Download offers: "fp32" (the model as it computes) or "int8" (QDQ,
+    calibrated on the first 4 × 128 images of `calib`, as int8.to_int8)."""
+    from .onnx_export import export_fp32, export_int8
+
+    if fmt not in ONNX_FORMATS:
+        raise ValueError(f"ONNX format must be one of {ONNX_FORMATS}, got {fmt!r}")
+    return export_fp32(model, metadata) if fmt == "fp32" else export_int8(model, calib, metadata=metadata)
+
+
+def check_onnx_files(parent: Variant, eval_set: ImageSet, calib: ImageSet, report: Report, stop: Stop,
+               keep: Callable[[str, bytes], None] | None = None) -> dict:
+    """Compare & Download's ONNX check (a short analysis): both .onnx files of `parent` (onnx_file), each
+    run in ONNX Runtime on `eval_set` against the model in PyTorch: {fmt: {"bytes": file size,
+    "onnx": accuracy, "pytorch": accuracy, "agreement": same top-1, "max_abs_diff"}}. `keep(fmt, data)`
+    receives each file (the page keeps them for its downloads)."""
+    from .export import variant_metadata
+    from .onnx_export import OnnxModel, exportable, verify
+    from .weights import plain_model
+
+    out = {}
+    for i, fmt in enumerate(ONNX_FORMATS):
+        if stop():
+            break
+        report(done=i, total=len(ONNX_FORMATS), message=f"exporting {fmt}")
+        data = onnx_file(parent.model, fmt, calib, variant_metadata(parent))
+        reference = exportable(parent.model) if fmt == "fp32" else plain_model(parent.model).eval()
+        result = verify(OnnxModel(data), {"pytorch": reference}, eval_set, latency=False)
+        out[fmt] = {"bytes": len(data), "onnx": result["onnx"]["accuracy"], "images": result["images"],
+                    **{k: result["pytorch"][k] for k in ("agreement", "max_abs_diff")},
+                    "pytorch": result["pytorch"]["accuracy"]}
+        if keep is not None:
+            keep(fmt, data)
+    report(done=len(out), total=len(ONNX_FORMATS))
+    return out

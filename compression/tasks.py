@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import data as D
-from .jobs import (Report, Stop, centroid_finetune, distill_vs_plain, finetune_variant, int8_variant, qat_variant,
-                   run_pipeline, train_model)
+from .jobs import (Report, Stop, auto_prune_variants, auto_quantize_variants, centroid_finetune, distill_vs_plain,
+                   finetune_variant, int8_variant, qat_variant, run_pipeline, train_model)
 from .pipelines import deep_compression, spiral
 from .portable import model_from_payload, variant_from_payload, variant_payload
 from .train import TrainConfig
@@ -159,9 +159,61 @@ def _spiral(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]
     return run_pipeline(steps, report)
 
 
+def calibration(train: D.ImageSet, n: int) -> D.ImageSet:
+    """The last `n` training images: where the automatic modes measure sensitivity (as the CLI's --auto)."""
+    return train.subset(slice(max(0, len(train) - n), len(train)), "calibration")
+
+
+def _steps(report: Report) -> Report:
+    """The auto modes' progress (done / total layers measured, then "measure") as the steps and messages a
+    page's progress bar reads."""
+    def publish(**event) -> None:
+        if "done" in event:
+            event.update(step=event["done"], total_steps=event["total"],
+                         message=f"Measuring each layer's sensitivity: {event['done']} of {event['total']} layers")
+        elif event.get("phase") == "measure":
+            event["message"] = "Measuring the auto and the uniform model on the eval subset"
+        report(**event)
+    return publish
+
+
+def _auto_prune(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
+    """spec: parent (variant payload), target_sparsity (0 … 0.98, met exactly); optional method, keep_first_last,
+    calib_images (default 256), levels. Makes [auto, uniform at the same sparsity] (jobs.auto_prune_variants)."""
+    from .auto_prune import AutoPruneConfig
+    from .prune import FIRST_AND_LAST
+
+    n = int(spec.get("calib_images", 256))
+    extra = {"levels": tuple(spec["levels"])} if spec.get("levels") else {}
+    config = AutoPruneConfig(target_sparsity=float(spec["target_sparsity"]), method=spec.get("method", "magnitude"),
+                             exempt=FIRST_AND_LAST if spec.get("keep_first_last") else (), calib_images=n, **extra)
+    try:
+        made, _ = auto_prune_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval,
+                                      _steps(report), stop)
+    except InterruptedError:          # Stop while measuring: nothing made
+        return []
+    return made
+
+
+def _auto_quant(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]:
+    """spec: parent (variant payload), budget_bytes (packed size, an upper bound); optional criterion ("loss" or
+    "sqnr"), calib_images (default 256). Makes [auto, widest uniform that fits] (jobs.auto_quantize_variants)."""
+    from .auto_quant import AutoQuantConfig
+
+    n = int(spec.get("calib_images", 256))
+    config = AutoQuantConfig(int(spec["budget_bytes"]), criterion=spec.get("criterion", "loss"), calib_images=n)
+    try:
+        made, _ = auto_quantize_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval,
+                                         _steps(report), stop)
+    except InterruptedError:
+        return []
+    return made
+
+
 TASKS: dict[str, Callable[[dict, Data, Report, Stop], list[Variant]]] = {
     "train": _train, "finetune": _finetune, "qat": _qat, "int8": _int8, "distill": _distill,
     "centroids": _centroids, "deep_compression": _deep_compression, "spiral": _spiral,
+    "auto_prune": _auto_prune, "auto_quant": _auto_quant,
 }
 
 

@@ -46,7 +46,19 @@ def specs(parent, parent_id):
         "centroids": {"parent": p, "clusters": 8, "epochs": 0.2},
         "deep_compression": {"parent": p, "sparsity": 0.8, "clusters": 8, "finetune_epochs": 0.2},
         "spiral": {"parent": p, "rounds": 2, "final_sparsity": 0.5, "epochs_per_round": 0.2, "T": 4.0},
+        "auto_prune": {"parent": p, "target_sparsity": 0.6, "calib_images": 32, "levels": LEVELS},
+        "auto_quant": {"parent": p, "budget_bytes": budget(parent), "criterion": "sqnr"},
     }
+
+
+LEVELS = [0.0, 0.25, 0.5, 0.75, 0.9]
+
+
+def budget(parent) -> int:
+    """The packed size of the parent at 4 bits in every layer: a budget the auto mode must meet."""
+    from compression.auto_prune import packed_size
+    from compression.quantize import quantize_weights
+    return packed_size(quantize_weights(parent.model, 4))
 
 
 P = "the job's parent"
@@ -54,6 +66,7 @@ EXPECTED = {  # task: (techniques of the variants made, in order; each one's par
     "train": (["trained"], [None]), "finetune": (["pruned"], [P]), "qat": (["QAT"], [P]),
     "distill": (["distilled", "trained"], [None, None]), "centroids": (["shared"], [P]),
     "deep_compression": (["deep-compression"] * 3, [P, 0, 1]), "spiral": (["spiral"] * 4, [P, P, 1, 1]),
+    "auto_prune": (["pruned", "pruned"], [P, P]), "auto_quant": (["quantized", "quantized"], [P, P]),
 }
 
 
@@ -77,3 +90,40 @@ def test_each_task_returns_its_variants_as_payloads(task, parent):
 
 def test_the_int8_task_is_registered_and_others_are_tested():
     assert set(TASKS) == set(EXPECTED) | {"int8"}     # int8 compiles for minutes: test_int8.py covers it
+
+
+def test_the_auto_tasks_meet_their_budgets_and_keep_the_allocation_with_the_variant(parent):
+    """What the Auto modes of Prune and Quantize draw after a reload travels in the auto variant's history:
+    per-layer settings of auto and uniform (the auto ones meeting the budget) and both accuracies."""
+    p = {**variant_payload(parent), "id": "app-id"}
+    events = []
+    result = run("auto_prune", {"parent": p, "target_sparsity": 0.6, "calib_images": 32, "levels": LEVELS,
+                                "data": DATA}, lambda **e: events.append(e), lambda: False)
+    auto, uniform = variants_from_result(result["variants"])
+    (record,) = auto.history
+    n = sum(r["params"] for r in record["layers"])
+    zeros = sum(round(r["auto"] * r["params"]) for r in record["layers"])
+    assert record["allocation"] == "sparsity" and zeros == round(0.6 * n)           # exactly the target
+    assert auto.metrics.sparsity == pytest.approx(zeros / n, abs=1e-9)
+    assert uniform.metrics.sparsity == pytest.approx(zeros / n, abs=1e-3)            # each layer rounded alone
+    assert all(r["uniform"] == pytest.approx(0.6, abs=0.01) for r in record["layers"])
+    assert record["accuracy"]["auto"] == auto.metrics.eval_accuracy
+    assert record["accuracy"]["uniform"] == uniform.metrics.eval_accuracy and record["images"] == 1000
+    n_layers = len(record["layers"])
+    assert any(e.get("step") == e.get("done") == e.get("total_steps") == n_layers for e in events)
+
+    limit = budget(parent)
+    result = run("auto_quant", {"parent": p, "budget_bytes": limit, "criterion": "sqnr", "data": DATA},
+                 lambda **e: None, lambda: False)
+    auto, uniform = variants_from_result(result["variants"])
+    (record,) = auto.history
+    assert record["allocation"] == "bits" and auto.metrics.bytes_packed == record["packed_bytes"] <= limit
+    assert uniform.settings["bits"] == record["uniform_bits"] == 4 and uniform.metrics.bytes_packed <= limit
+    assert {r["auto"] for r in record["layers"]} <= set(range(2, 9)) and record["accuracy"]["uniform"] is not None
+
+
+def test_stopping_an_auto_task_while_it_measures_makes_nothing(parent):
+    p = {**variant_payload(parent), "id": "app-id"}
+    result = run("auto_prune", {"parent": p, "target_sparsity": 0.5, "calib_images": 32, "data": DATA},
+                 lambda **e: None, lambda: True)
+    assert result == {"variants": []}

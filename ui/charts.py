@@ -56,6 +56,18 @@ def bars(names, values, title, y, color=AFTER, x="layer", reference=None, refere
     return style(fig, title, x, y)
 
 
+def allocation(names, auto, uniform, title, y, y_range=None) -> go.Figure:
+    """Per-layer settings the tool chose (orange) beside the uniform ones at the same budget (blue)."""
+    fig = go.Figure()
+    if uniform is not None:
+        fig.add_bar(x=names, y=uniform, name="uniform", marker_color=BEFORE)
+    fig.add_bar(x=names, y=auto, name="auto (chosen per layer)", marker_color=AFTER)
+    fig.update_layout(barmode="group", xaxis_tickangle=-45)
+    if y_range:
+        fig.update_yaxes(range=y_range)
+    return style(fig, title, "layer", y, height=420)
+
+
 def curve_with_marker(xs, ys, here_x, here_y, title, x, y, name="one-shot", x_is_percent=True,
                       extra: dict | None = None) -> go.Figure:
     fig = go.Figure()
