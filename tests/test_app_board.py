@@ -106,3 +106,37 @@ def test_bad_codes_and_links_get_a_message_not_a_traceback(assets, monkeypatch):
     assert "The teacher link is damaged" in texts(bad)
     click(bad, "Forget this link and start again")
     assert "teacher" not in bad.query_params and "Join code" in [t.label for t in bad.text_input]
+
+
+def joined_by_code(at, code: str):
+    next(t for t in at.text_input if t.label == "Join code").input(code)
+    form_submit(at, "Join")
+    return at
+
+
+def reopened(assets, monkeypatch, at, page: str, only=None):
+    """The URL `at` shows (or only its parameters `only`), opened again: a reload (F5) or a new tab, the
+    session's state gone."""
+    return opened(new_app(assets, monkeypatch, **{k: at.query_params[k] for k in at.query_params
+                                                  if only is None or k in only}), page)
+
+
+def test_a_student_s_class_survives_a_reload_and_a_new_tab_of_the_workspace_link(teacher, assets, monkeypatch):
+    from compression.classes import open_class
+    code = open_class(store(), teacher.session_state["_class"][1]).join_code
+    student = joined_by_code(opened(new_app(assets, monkeypatch)), code)
+    vid = keep_own_variant(student, 0.5)
+    tab = reopened(assets, monkeypatch, student, "compare", only=["ws"])    # the workspace link alone
+    next(s for s in tab.selectbox if s.label == "Challenge").select("Smallest model")
+    next(s for s in tab.selectbox if s.label == "Your variant").set_value(
+        next(r for r in store().variants(my_workspace(tab)) if r.id == vid))
+    tab.text_input(key="submit_name").input("Ada")
+    form_submit(tab, "Submit")
+    assert "Submitted: it meets every constraint." in texts(tab)
+    board = reopened(assets, monkeypatch, student, "board", only=["ws"])
+    assert f"You joined with code `{code}`" in texts(board) and board.query_params["join"] == code
+    click(board, "Leave this class")
+    after = reopened(assets, monkeypatch, student, "compare", only=["ws"])
+    assert "Join it on the Class board page" in texts(after) and "Submit" not in [
+        b.label for b in after.get("form_submit_button")]
+
