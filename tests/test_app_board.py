@@ -140,3 +140,16 @@ def test_a_student_s_class_survives_a_reload_and_a_new_tab_of_the_workspace_link
     assert "Join it on the Class board page" in texts(after) and "Submit" not in [
         b.label for b in after.get("form_submit_button")]
 
+
+def test_presenter_mode_is_kept_in_the_url(teacher, assets, monkeypatch):
+    assert "present" not in teacher.query_params
+    teacher.toggle(key="board_present").set_value(True)
+    ran(teacher.run())
+    assert teacher.query_params["present"] == "1" and "Add a challenge" not in [e.label for e in teacher.expander]
+    again = reopened(assets, monkeypatch, teacher, "board")          # a reload, or the URL on the projector
+    assert again.toggle(key="board_present").value and "Add a challenge" not in [e.label for e in again.expander]
+    assert any("stSidebar" in h.proto.body for h in again.get("html"))     # the presenter's style
+    again.toggle(key="board_present").set_value(False)
+    ran(again.run())
+    assert "present" not in again.query_params and "teacher" in again.query_params
+    assert "Add a challenge" in [e.label for e in again.expander]

@@ -89,6 +89,20 @@ def leave() -> None:
         st.query_params.pop(role, None)
 
 
+def presenter_toggle() -> bool:
+    """The Presenter mode toggle, kept in the URL as present=1: a reload stays in presenter mode, and the
+    address can be opened on the projector's browser. A link with present=1 opens in presenter mode."""
+    return st.toggle("Presenter mode", key="board_present", value=bool(st.query_params.get("present")),
+                     on_change=_present_in_url, help="Large type, no sidebar, the board updates by itself")
+
+
+def _present_in_url() -> None:
+    if st.session_state.get("board_present"):
+        st.query_params["present"] = "1"
+    else:
+        st.query_params.pop("present", None)
+
+
 def page_link(**params: str) -> str:
     """This page's URL with `params` only (never the workspace)."""
     parts = urlsplit(st.context.url or "http://localhost:8501/board")
