@@ -2,6 +2,8 @@
 joins by code and submits a variant of their own workspace from Compare & Download, the board shows it
 (a hostile display name as text), and bad codes and links end in a message, never a traceback."""
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from compression.metrics import Metrics
 from compression.models import create_model
 from compression.prune import prune
 from compression.variant import Variant
+from ui.board_chart import number_ticks, size_ticks
 from app_fixtures import assets, goto, my_workspace, new_app, stop_background_work, store  # noqa: F401
 
 pytest.importorskip("streamlit")
@@ -95,6 +98,19 @@ def test_a_student_joins_by_code_submits_and_the_board_shows_the_name_as_text(te
     [chart] = teacher.get("plotly_chart")             # plotly's labels get it HTML-escaped
     spec = json.loads(chart.proto.spec)
     assert HOSTILE not in chart.proto.spec and "#1 &lt;img src=x onerror=alert(1)&gt;" in spec["data"][-2]["text"]
+    axis = spec["layout"]["xaxis"]                    # the size axis: a few round ticks with their unit
+    assert 2 <= len(axis["tickvals"]) <= 8 and all(re.fullmatch(r"\d+ (B|KiB|MiB)", t) for t in axis["ticktext"])
+    assert len({round(math.log2(b / a), 9) for a, b in zip(axis["tickvals"], axis["tickvals"][1:])}) == 1
+
+
+def test_the_log_axis_ticks_are_few_round_and_labelled_with_their_unit():
+    assert size_ticks(26, 1400) == ([32, 64, 128, 256, 512, 1024],
+                                    ["32 KiB", "64 KiB", "128 KiB", "256 KiB", "512 KiB", "1 MiB"], (26, 1400))
+    values, labels, _ = size_ticks(0.3, 5000)                            # a wide range: ×4 apart
+    assert labels == ["1 KiB", "4 KiB", "16 KiB", "64 KiB", "256 KiB", "1 MiB", "4 MiB"]
+    assert size_ticks(40, 60) == ([32, 64], ["32 KiB", "64 KiB"], (32, 64))     # widened to two ticks
+    assert number_ticks(0.3, 30)[1] == ["0.5", "1", "2", "5", "10", "20"]
+    assert number_ticks(0.002, 2e4)[1] == ["0.01", "0.1", "1", "10", "100", "1,000", "10,000"]
 
 
 def test_bad_codes_and_links_get_a_message_not_a_traceback(assets, monkeypatch):
