@@ -60,8 +60,10 @@ def test_keep_adds_a_variant_to_the_table(app):
     next(b for b in app.button if b.label == "Keep this variant").click().run()
     assert not app.exception
     goto(app, "compare")
-    names = list(app.dataframe[0].value["name"])
-    assert any("pruned 70%" in n for n in names)
+    table = app.dataframe[0]
+    kept_row = table.value[table.value["name"].str.contains("pruned 70%")]
+    assert len(kept_row) == 1
+    assert kept_row["test_accuracy"].isna().all() and table.proto.placeholder == "—"     # not "None"
 
 
 def test_training_one_epoch_on_the_sample_joins_the_table(app):
