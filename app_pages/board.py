@@ -114,8 +114,7 @@ def board_page() -> None:
             st.rerun()
         return
     key = key if role == ui_board.TEACHER else info.join_code
-    presenter = st.toggle("Presenter mode", key="board_present", value=bool(st.query_params.get("present")),
-                          help="Large type, no sidebar, the board updates by itself")
+    presenter = ui_board.presenter_toggle()
     if presenter:
         st.html(ui_board.PRESENTER_CSS)
     header(info, role, key, presenter)

@@ -42,7 +42,7 @@ def variants_table(rows: list[dict]) -> None:
     for col in ("bytes_fp32", "bytes_gzip", "bytes_packed"):
         table[col] = table[col] / 1024
     st.dataframe(
-        table, hide_index=True,
+        table, hide_index=True, placeholder="—",           # a figure not measured (test accuracy, latency)
         column_order=["name", "recipe", "eval_accuracy", "test_accuracy", "params", "nonzero_params", "sparsity",
                       "macs", "nonzero_macs", "bytes_fp32", "bytes_gzip", "bytes_packed", "compression_ratio",
                       "latency_b1_ms", "latency_b256_ms"],

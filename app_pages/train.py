@@ -13,16 +13,36 @@ def intro() -> None:
         "going. On a laptop CPU, one pass over the 5,000 bundled images takes about half a minute for resnet20.")
 
 
+WIDTHS, BATCHES, LRS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], [32, 64, 128, 256], [0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+DEFAULTS = {"train_arch": "resnet8", "train_width": 1.0, "train_epochs": 3, "train_batch": 128, "train_lr": 0.2}
+
+
+def form_values() -> None:
+    """The form's values: those of the training run going in the workspace (a reload during a run shows
+    its settings), else the defaults; a value the student set in this session stays."""
+    record = jobs.latest("train")
+    spec = record.settings.get("spec", {}) if record is not None and jobs.busy(record) else {}
+    config = spec.get("config", {})
+    running = {"train_arch": spec.get("arch"), "train_width": spec.get("width"), "train_epochs": config.get("epochs"),
+               "train_batch": config.get("batch_size"), "train_lr": config.get("lr")}
+    choices = {"train_arch": ARCHS, "train_width": WIDTHS, "train_batch": BATCHES, "train_lr": LRS}
+    for key, default in DEFAULTS.items():
+        value = running[key]
+        ok = value in choices[key] if key in choices else isinstance(value, int) and 1 <= value <= 200
+        st.session_state.setdefault(key, value if ok else default)
+
+
 def settings_form(data) -> None:
+    form_values()
     with st.form("train_settings", border=True):
         c1, c2, c3 = st.columns(3)
-        arch = c1.selectbox("Architecture", ARCHS, index=ARCHS.index("resnet8"),
+        arch = c1.selectbox("Architecture", ARCHS, key="train_arch",
                             help="resnetN: N layers with weights. Deeper = more accurate and slower.")
-        width = c1.select_slider("Width multiplier", [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], value=1.0,
+        width = c1.select_slider("Width multiplier", WIDTHS, key="train_width",
                                  help="Scales the channels of every layer (16/32/64 at width 1).")
-        epochs = c2.number_input("Epochs", 1, 200, 3, help="Passes over the training images.")
-        batch = c2.select_slider("Batch size", [32, 64, 128, 256], value=128)
-        lr = c3.select_slider("Peak learning rate", [0.01, 0.02, 0.05, 0.1, 0.2, 0.4], value=0.2,
+        epochs = c2.number_input("Epochs", 1, 200, key="train_epochs", help="Passes over the training images.")
+        batch = c2.select_slider("Batch size", BATCHES, key="train_batch")
+        lr = c3.select_slider("Peak learning rate", LRS, key="train_lr",
                               help="One-cycle schedule: warm up to this, then cosine down to zero.")
         c3.caption(f"Data: {data.label} ({len(data.train):,} images). Change it in the sidebar.")
         start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")

@@ -21,8 +21,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 from compression import data as D
 from compression.distill import distillation_loss_fn
 from compression.files import load_model
@@ -30,7 +28,7 @@ from compression.metrics import keep_freed_memory
 from compression.prune import prune
 from compression.schedule import finetune, gradual_prune
 from compression.structured import prune_to_macs, recalibrate_batchnorm
-from compression.train import evaluate, run_to_end
+from compression.train import evaluate, run_to_end, threads_text
 from compression.weights import copy_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +93,7 @@ def main():
         section = args.row if args.epochs is None else f"{args.row} --epochs {epochs:g}"
         write_section(ROOT / "docs" / "HELDOUT.md", section, [
             f"`python bench/finetune_heldout.py --row {section}` — {time.strftime('%Y-%m-%d')}, "
-            f"{torch.get_num_threads()} threads.", "", lines[0], "", *lines[1:]])
+            f"{threads_text()}.", "", lines[0], "", *lines[1:]])
 
 
 HEADER = """# Fine-tuning recipes scored on held-out training images

@@ -35,6 +35,7 @@ from compression.checks import LARGEST_MODEL  # noqa: E402
 from compression.files import state_dict_bytes  # noqa: E402
 from compression.models import create_model  # noqa: E402
 from compression.packed import MAGIC, PREAMBLE, VERSION  # noqa: E402
+from compression.train import threads_text  # noqa: E402
 
 UPLOAD_LIMIT = 20 * 1024 * 1024
 # A complete code over 256 symbols in which symbol 0 has the longest code allowed (16 bits).
@@ -164,7 +165,7 @@ def main() -> None:
     doc = ROOT / "docs" / "HOSTILE_INPUT.md"
     text = doc.read_text()
     start, end = text.index("<!-- table -->"), text.index("<!-- /table -->")
-    measured = (f"<!-- table -->\nMeasured with `python bench/hostile_upload.py` on {torch.get_num_threads()} threads "
+    measured = (f"<!-- table -->\nMeasured with `python bench/hostile_upload.py` on {threads_text()} "
                 f"({time.strftime('%Y-%m-%d')}; load average {load_before:.2f} before, {load_after:.2f} after):\n\n"
                 f"{table}\n\nEvaluating the largest accepted model ({LARGEST_MODEL[0]} at width {LARGEST_MODEL[1]:g}) "
                 f"on the 1,000-image eval subset, as an upload is: **{eval_s:.1f} s**.\n")

@@ -24,7 +24,7 @@ from compression import data as D  # noqa: E402
 from compression.files import load_model  # noqa: E402
 from compression.int8 import quantize_pt2e, to_int8  # noqa: E402
 from compression.onnx_export import OnnxModel, export_int8  # noqa: E402
-from compression.train import predict_logits  # noqa: E402
+from compression.train import predict_logits, threads_text  # noqa: E402
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -43,7 +43,7 @@ def main():
     fp32 = predict_logits(model, ev.images).argmax(1)
     with torch.no_grad():
         pt2e = quantize_pt2e(model, train)(D.to_float(ev.images)).argmax(1)
-    print(f"{args.arch}, {len(ev)} eval-subset images, {torch.get_num_threads()} threads, "
+    print(f"{args.arch}, {len(ev)} eval-subset images, {threads_text()}, "
           f"load {os.getloadavg()[0]:.1f}")
     compiled = predict_logits(to_int8(model, train), ev.images, device="cpu").argmax(1)
     print(f"fp32 accuracy {same(fp32, ev.labels)}; PT2E int8 accuracy {same(pt2e, ev.labels)}, "

@@ -4,7 +4,8 @@ workspaces. One call per page action (the board's data is in compression/board.p
     teacher starts a lesson    info, teacher_token, join_code = create_class(store, name, exercises=[...])
     teacher adds / closes      add_challenge(store, teacher_token, challenge or exercise name);
                                close_challenge(store, teacher_token, challenge_id); close_class(...)
-    student joins              info = join_class(store, join_code)
+    student joins              info = join_class(store, join_code, workspace)   (the workspace remembers it)
+    ... after a reload         info = joined_class(store, workspace)   (None: no open class); leave_class(...)
     either lists challenges    list_challenges(store, join_code or teacher_token)
     student submits            entry = submit(store, join_code, challenge_id, workspace, variant_id, name)
     teacher moderates          entries(store, teacher_token, challenge_id, history=...);
@@ -14,7 +15,9 @@ Who may do what (compression/class_access.py). The teacher token (192 bits, only
 shown once) is the only thing that changes a class. The join code (6 characters, unique among open
 classes) only lets a student submit a variant of the workspace the page opened with the student's own
 token, and read the board: no call takes a join code and returns or changes a workspace, and nothing
-returned holds a workspace's id or token (a student appears as an opaque key).
+returned holds a workspace's id or token (a student appears as an opaque key). A workspace remembers
+the class it joined (the table class_members), so that its link, reloaded or opened in a new tab, is
+still in the class; only a caller holding the workspace (its page) reads or changes that.
 
 Submitting. The server re-measures the variant's stored weights (compression/remeasure.py) and judges
 them (compression/challenges.py); a page sends no numbers. Refused with a SubmissionRefused that says
@@ -52,12 +55,12 @@ from .exercises import exercise
 from .lineage import recipe_chain
 from .remeasure import Remeasurer, bundled_eval_set
 from .store_errors import VariantUnavailableError
-from .store_schema import BUILTIN, CHALLENGES, CLASSES, SUBMISSIONS, Workspace, db_errors
+from .store_schema import BUILTIN, CHALLENGES, CLASS_MEMBERS, CLASSES, SUBMISSIONS, Workspace, db_errors
 
 __all__ = ["ChallengeInfo", "ClassAccessError", "ClassError", "ClassInfo", "Entry", "SubmissionRefused",
            "add_challenge", "clean_display_name", "close_challenge", "close_class", "create_class", "entries",
-           "hide_entry", "join_class", "list_challenges", "open_class", "remove_entry", "resolve_start",
-           "safe_display_name", "submit"]
+           "hide_entry", "join_class", "joined_class", "leave_class", "list_challenges", "open_class",
+           "remove_entry", "resolve_start", "safe_display_name", "submit"]
 MAX_CLASS_NAME = 80
 DEFAULT_RATE_LIMIT = 3
 RATE_WINDOW_S = 60.0
@@ -107,10 +110,32 @@ def open_class(store: Store, teacher_token: str) -> ClassInfo:
         return class_info(teacher_row(conn, teacher_token))
 
 
-def join_class(store: Store, join_code: str) -> ClassInfo:
-    """The open class of a join code."""
+def join_class(store: Store, join_code: str, workspace: Workspace | None = None, *,
+               now: float | None = None) -> ClassInfo:
+    """The open class of a join code; with `workspace` (the one the student's page opened), the workspace
+    remembers it as its class (replacing the one it joined before): see joined_class."""
     with db_errors(store.engine), store.engine.connect() as conn:
-        return class_info(student_row(conn, join_code))
+        info = class_info(student_row(conn, join_code))
+    if workspace is not None:
+        with db_errors(store.engine), store.engine.execution_options(write=True).begin() as conn:
+            conn.execute(delete(CLASS_MEMBERS).where(CLASS_MEMBERS.c.workspace_id == workspace.id))
+            conn.execute(CLASS_MEMBERS.insert().values(workspace_id=workspace.id, class_id=info.id,
+                                                       joined=time.time() if now is None else now))
+    return info
+
+
+def joined_class(store: Store, workspace: Workspace) -> ClassInfo | None:
+    """The class `workspace` joined last (join_class), if it is still open; else None."""
+    with db_errors(store.engine), store.engine.connect() as conn:
+        row = conn.execute(select(CLASSES).join(CLASS_MEMBERS, CLASS_MEMBERS.c.class_id == CLASSES.c.id)
+                           .where(CLASS_MEMBERS.c.workspace_id == workspace.id, CLASSES.c.closed.is_(None))).first()
+    return None if row is None else class_info(row)
+
+
+def leave_class(store: Store, workspace: Workspace) -> None:
+    """The workspace forgets its class (its entries stay on the board)."""
+    with db_errors(store.engine), store.engine.execution_options(write=True).begin() as conn:
+        conn.execute(delete(CLASS_MEMBERS).where(CLASS_MEMBERS.c.workspace_id == workspace.id))
 
 
 def close_class(store: Store, teacher_token: str, *, now: float | None = None) -> None:

@@ -23,7 +23,7 @@ class JobView:
     status: str = QUEUED
     position: int = 0              # while queued: 1 + the jobs ahead of it in line; else 0
     worker: str | None = None      # the address of the worker that runs / ran it
-    device: str | None = None      # e.g. "NVIDIA H100" or "AMD EPYC, 1 threads"
+    device: str | None = None      # e.g. "NVIDIA H100" or "AMD EPYC, 1 thread"
     pid: int | None = None         # the worker's process
     events: tuple[dict, ...] = ()  # progress events, oldest first
     error: str | None = None       # one line for the page, never a traceback

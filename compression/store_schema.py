@@ -25,6 +25,8 @@ Tables (JSON travels as text, the same on both databases):
     submissions         class, challenge, student workspace, display name, variant, the server's own
                         measurement, pass/fail per constraint, score, submitted, hidden, superseded
     measurements        cache of what the server measured, by weights SHA-256 and what was measured
+    class_members       the class a workspace's student joined by code (one per workspace), joined —
+                        so a reload or a new tab of the workspace link is still in the class (version 4)
 
 The pretrained models belong to the workspace BUILTIN, which every workspace sees and no token opens.
 
@@ -49,7 +51,7 @@ from sqlalchemy import exc as sa_exc
 
 from .store_errors import StoreBusyError, StoreError, StoreFullError, StoreVersionError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APP_FOLDER = "compression-playground"
 DB_FILE = "playground.db"
 BUILTIN = "builtin"                        # the workspace of the pretrained models
@@ -126,6 +128,13 @@ MEASUREMENTS = Table(
     "measurements", METADATA, Column("weights_sha256", String(64), primary_key=True),
     Column("what", String(80), primary_key=True), _required("value"), _required("measured", Float),
 )
+# The class a workspace joined (version 4): one row per workspace; closing a class leaves the row (the page
+# then sees no open class), deleting the class or the workspace deletes it.
+CLASS_MEMBERS = Table(
+    "class_members", METADATA,
+    Column("workspace_id", String(40), ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+    _owner("class_id", "classes"), _required("joined", Float),
+)
 
 @dataclass(frozen=True)
 class Workspace:
@@ -163,6 +172,10 @@ UPGRADES: dict[int, list[str]] = {
         "CREATE INDEX submissions_student ON submissions (class_id, workspace_id, submitted)",
         "CREATE TABLE measurements (weights_sha256 VARCHAR(64) NOT NULL, what VARCHAR(80) NOT NULL, "
         "value TEXT NOT NULL, measured FLOAT NOT NULL, PRIMARY KEY (weights_sha256, what))"],
+    3: ["CREATE TABLE class_members (workspace_id VARCHAR(40) NOT NULL, class_id VARCHAR(40) NOT NULL, "
+        "joined FLOAT NOT NULL, PRIMARY KEY (workspace_id), "
+        "FOREIGN KEY(workspace_id) REFERENCES workspaces (id) ON DELETE CASCADE, "
+        "FOREIGN KEY(class_id) REFERENCES classes (id) ON DELETE CASCADE)"],
 }
 
 

@@ -82,7 +82,13 @@ def pick_device(device: str = "auto") -> torch.device:
 def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {threads_text()}"
+
+
+def threads_text(threads: int | None = None) -> str:
+    """ "1 thread", "4 threads": torch's threads by default."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return f"{threads} thread{'' if threads == 1 else 's'}"
 
 
 def cpu_model() -> str:

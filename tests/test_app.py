@@ -60,8 +60,10 @@ def test_keep_adds_a_variant_to_the_table(app):
     next(b for b in app.button if b.label == "Keep this variant").click().run()
     assert not app.exception
     goto(app, "compare")
-    names = list(app.dataframe[0].value["name"])
-    assert any("pruned 70%" in n for n in names)
+    table = app.dataframe[0]
+    kept_row = table.value[table.value["name"].str.contains("pruned 70%")]
+    assert len(kept_row) == 1
+    assert kept_row["test_accuracy"].isna().all() and table.proto.placeholder == "—"     # not "None"
 
 
 def test_training_one_epoch_on_the_sample_joins_the_table(app):
@@ -79,6 +81,27 @@ def test_training_one_epoch_on_the_sample_joins_the_table(app):
     accuracy = store().variant(my_workspace(app), made).metrics.eval_accuracy
     assert accuracy > 0.2, "one epoch on 5,000 real images must beat chance (10 %) clearly"
 
+
+
+def test_a_reload_during_a_training_run_shows_the_run_s_settings(app, assets, monkeypatch):
+    goto(app, "train")
+    next(n for n in app.number_input if n.label == "Epochs").set_value(7)
+    next(n for n in app.select_slider if n.label == "Batch size").set_value(64)
+    next(b for b in app.form_submit_button if b.label == "Start training").click()
+    app.run()
+    assert not app.exception
+    reloaded = new_app(assets, monkeypatch, ws=app.query_params["ws"])      # F5: the session's state is gone
+    reloaded.run()
+    goto(reloaded, "train")
+    try:
+        record = next(r for r in store().jobs.list(my_workspace(app)) if r.kind == "train")
+        assert record.active, "the run ended before the reload: this test needs a run of 7 epochs to be going"
+        assert next(n for n in reloaded.number_input if n.label == "Epochs").value == 7      # not the default 3
+        assert next(n for n in reloaded.select_slider if n.label == "Batch size").value == 64
+    finally:
+        next(b for b in reloaded.button if b.label == "Stop").click()
+        reloaded.run()
+    assert wait_for_job(reloaded, "train").status == "cancelled"
 
 def test_downloads_reload_to_the_same_accuracy(app):
     from compression.data import eval_subset, load_sample

@@ -12,8 +12,8 @@ from compression.board import board, board_version
 from compression.challenges import Challenge, Constraint, Objective
 from compression.class_access import JOIN_ALPHABET
 from compression.classes import (ClassAccessError, ClassError, SubmissionRefused, add_challenge, close_challenge,
-                                 close_class, create_class, entries, hide_entry, join_class, list_challenges,
-                                 open_class, remove_entry, safe_display_name, submit)
+                                 close_class, create_class, entries, hide_entry, join_class, joined_class,
+                                 leave_class, list_challenges, open_class, remove_entry, safe_display_name, submit)
 from compression.data import eval_subset, load_sample
 from compression.metrics import Metrics
 from compression.models import create_model
@@ -103,6 +103,25 @@ def test_a_join_code_is_unique_among_open_classes_and_freed_when_a_class_closes(
     assert join_class(store, "AAAAAA").name == "three"
     assert open_class(store, token).closed is not None
 
+
+
+def test_a_workspace_remembers_the_class_it_joined_until_it_leaves_or_the_class_closes(opener, start_id):
+    store = opener()
+    _, token, code, [cid] = lesson(store, start_id)
+    ws, ws_token = store.create_workspace()
+    other, _ = store.create_workspace()
+    assert joined_class(store, ws) is None
+    info = join_class(store, f" {code.lower()} ", ws)
+    again = opener()                                    # another server process, or this one after a restart
+    assert joined_class(again, again.open_workspace(ws_token)) == info and joined_class(again, other) is None
+    assert submit(again, info.join_code, cid, ws, keep(store, ws, 1), "Ada").verdict.passed
+    _, second_token, second, _ = lesson(store, start_id)
+    assert join_class(store, second, ws) == joined_class(store, ws) != info      # the last class joined
+    leave_class(store, ws)
+    assert joined_class(store, ws) is None and len(entries(store, token, cid)) == 1    # the entry stays
+    join_class(store, second, ws)
+    close_class(store, second_token)
+    assert joined_class(store, ws) is None                  # a closed class is no class to submit to
 
 def test_a_lesson_starts_from_a_built_in_exercise_on_the_shipped_resnet20(tmp_path):
     """The real path, once (on SQLite): resnet20 registered from assets/ and measured by the server."""
@@ -364,15 +383,31 @@ def make_version_2(url, home) -> str:
     return vid
 
 
-def test_a_version_2_store_is_upgraded_to_3_keeping_its_data(home, db_url, opener, tmp_path):
+def make_version_3(url, home) -> tuple[str, str]:
+    """A version-3 store (version 2 + classes, challenges, submissions, measurements) holding one workspace,
+    one variant and one class with a challenge; returns (variant id, the class's join code)."""
+    vid = make_version_2(url, home)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for statement in UPGRADES[2]:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("UPDATE schema_version SET version = 3")
+        conn.exec_driver_sql("INSERT INTO classes VALUES ('kold', 'Old lab', %s, 'ABCDEF', 3, 100.0, NULL)"
+                             % ("'" + "0" * 64 + "'"))
+    engine.dispose()
+    return vid, "ABCDEF"
+
+
+def test_a_version_2_store_is_upgraded_keeping_its_data(home, db_url, opener, tmp_path):
     home.mkdir(parents=True, exist_ok=True)
     vid = make_version_2(db_url, home)
     store = opener()
     ws = store.open_workspace(V1_TOKEN)
-    assert [v.id for v in store.variants(ws)] == [vid] and SCHEMA_VERSION == 3
+    assert [v.id for v in store.variants(ws)] == [vid]
     start = store.register_pretrained(Variant("tiny (pretrained)", model(0), "pretrained", {"arch": "tiny"}))
     _, _, code, [cid] = lesson(store, start)
     assert submit(store, code, cid, ws, vid, "old friend").variant_id == vid       # the old variant, submitted
+    assert join_class(store, code, ws) == joined_class(store, ws)                  # version 4's table
     upgraded = layout(db_url)
     store.close()
     if db_url.startswith("sqlite"):
@@ -388,10 +423,23 @@ def test_a_version_2_store_is_upgraded_to_3_keeping_its_data(home, db_url, opene
     assert layout(fresh) == upgraded and "classes" in upgraded
 
 
-def test_a_database_newer_than_version_3_is_refused(store, home, db_url):
+def test_a_version_3_store_is_upgraded_to_4_and_its_class_can_be_joined(home, db_url, opener):
+    home.mkdir(parents=True, exist_ok=True)
+    vid, code = make_version_3(db_url, home)
+    store = opener()
+    ws = store.open_workspace(V1_TOKEN)
+    assert [v.id for v in store.variants(ws)] == [vid] and SCHEMA_VERSION == 4
+    assert joined_class(store, ws) is None
+    assert join_class(store, code, ws).name == "Old lab" == joined_class(store, ws).name
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalar_one() == 4
+    assert "class_members" in layout(db_url)
+
+
+def test_a_database_newer_than_this_release_is_refused(store, home, db_url):
     with store.engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
         assert conn.execute(select(CLASSES)).all() == []
     store.close()
-    with pytest.raises(StoreVersionError, match="version 4"):
+    with pytest.raises(StoreVersionError, match=f"version {SCHEMA_VERSION + 1}"):
         open_store(home, db_url)

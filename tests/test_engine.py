@@ -115,7 +115,7 @@ def test_two_workspaces_fine_tune_and_get_the_right_variants(engine, recorder, p
         assert (again.eval_accuracy, again.bytes_packed, again.sparsity, again.compression_ratio) == \
                (variant.metrics.eval_accuracy, variant.metrics.bytes_packed, variant.metrics.sparsity,
                 variant.metrics.compression_ratio)
-        assert view.worker.startswith("tcp://") and "1 threads" in view.device and view.pid != os.getpid()
+        assert view.worker.startswith("tcp://") and view.device.endswith(", 1 thread") and view.pid != os.getpid()
     assert views[0].pid == views[1].pid and [v.events[0]["cached"] for v in views] == [False, True]  # data: once
     seen = recorder.of(ids[1])
     assert seen[0].status == QUEUED and RUNNING in [v.status for v in seen] and seen[-1] == engine.job(ids[1])

@@ -9,7 +9,8 @@ from compression.data import load_cifar10
 from compression.files import load_model
 from compression.models import create_model
 from helpers import toy_set
-from compression.train import CheckpointError, TrainConfig, evaluate, lr_at, run_to_end, train
+from compression.train import (CheckpointError, TrainConfig, evaluate, hardware_name, lr_at, run_to_end,
+                               threads_text, train)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -313,3 +314,15 @@ def test_a_narrow_model_trains_without_corrupting_memory():
     assert done.stdout.split() == ["12", "12"]
     assert not channels_last_trains_safely(create_model("resnet8", width=0.25))
     assert channels_last_trains_safely(create_model("resnet8", width=0.5)), "others keep the faster layout"
+
+
+def test_the_hardware_name_counts_threads_in_good_english():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert hardware_name(torch.device("cpu")).endswith(", 1 thread")
+        torch.set_num_threads(2)
+        assert hardware_name(torch.device("cpu")).endswith(", 2 threads")
+    finally:
+        torch.set_num_threads(before)
+    assert (threads_text(1), threads_text(16)) == ("1 thread", "16 threads")

@@ -5,8 +5,9 @@ draws and calls them.
 
 A class is named in the URL: ?teacher=TOKEN on the teacher's link, ?join=CODE on the students'. Neither
 link carries a workspace (?ws=): a student who opens the join link works in a workspace of their own,
-and the join code reaches no workspace at all. The session remembers its class, so Compare & Download
-knows where to submit.
+and the join code reaches no workspace at all. A student's workspace remembers the class it joined (in
+the store: compression.classes.joined_class), so Compare & Download knows where to submit after a
+reload, in a new tab of the workspace link, or on another device; a teacher's class is the session's.
 """
 from __future__ import annotations
 
@@ -40,19 +41,36 @@ section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], hea
 # --- who this session is ---------------------------------------------------------------------------------
 
 def from_link() -> tuple[str, str] | None:
-    """(role, key) the URL names, else the one this session joined before, else None."""
+    """(role, key) the URL names, else the class this session or its workspace joined, else None."""
     for role in (TEACHER, STUDENT):
         value = st.query_params.get(role)
         if value:
             return role, value[:MAX_PARAM + 1]
-    return st.session_state.get("_class")
+    return joined()
+
+
+def joined() -> tuple[str, str] | None:
+    """The class this session entered, else the open class the workspace joined (a reload, a new tab)."""
+    held = st.session_state.get("_class")
+    if held is not None:
+        return held
+    info = C.joined_class(workspace.store(), workspace.get())
+    if info is None:
+        return None
+    st.session_state["_class"] = (STUDENT, info.join_code)
+    return STUDENT, info.join_code
 
 
 def enter(role: str, key: str) -> C.ClassInfo:
     """Check the teacher token or join code (ClassAccessError says what is wrong), remember it for the
-    session and put it in the URL beside the workspace."""
+    session (a student's workspace remembers its class too) and put it in the URL beside the workspace."""
     store = workspace.store()
-    info = C.open_class(store, key) if role == TEACHER else C.join_class(store, key)
+    if role == TEACHER:
+        info = C.open_class(store, key)
+    else:
+        info = C.join_class(store, key)
+        if st.session_state.get("_class") != (STUDENT, info.join_code):      # joining: written once
+            C.join_class(store, info.join_code, workspace.get())
     key = key if role == TEACHER else info.join_code
     st.session_state["_class"] = (role, key)
     params = {role: key, **({"ws": st.query_params["ws"]} if "ws" in st.query_params else {})}
@@ -64,9 +82,25 @@ def enter(role: str, key: str) -> C.ClassInfo:
 
 
 def leave() -> None:
-    st.session_state.pop("_class", None)
+    held = st.session_state.pop("_class", None)
+    if held is not None and held[0] == STUDENT:
+        C.leave_class(workspace.store(), workspace.get())
     for role in (TEACHER, STUDENT, "present"):
         st.query_params.pop(role, None)
+
+
+def presenter_toggle() -> bool:
+    """The Presenter mode toggle, kept in the URL as present=1: a reload stays in presenter mode, and the
+    address can be opened on the projector's browser. A link with present=1 opens in presenter mode."""
+    return st.toggle("Presenter mode", key="board_present", value=bool(st.query_params.get("present")),
+                     on_change=_present_in_url, help="Large type, no sidebar, the board updates by itself")
+
+
+def _present_in_url() -> None:
+    if st.session_state.get("board_present"):
+        st.query_params["present"] = "1"
+    else:
+        st.query_params.pop("present", None)
 
 
 def page_link(**params: str) -> str:
@@ -230,14 +264,14 @@ def variant_label(record) -> str:
 def submit_section() -> None:
     """Submit one of the workspace's own variants to a challenge of the class this session joined."""
     st.subheader("Submit to a class challenge")
-    joined = st.session_state.get("_class")
     store = workspace.store()
-    if joined is None:
+    entered = joined()
+    if entered is None:
         st.caption("Your teacher runs a class board? Join it on the Class board page with its code, then "
                    "come back here to submit.")
         st.page_link("app_pages/board.py", label="Open the Class board", icon=":material/co_present:")
         return
-    role, key = joined
+    role, key = entered
     code = key if role == STUDENT else C.open_class(store, key).join_code
     open_now = [c for c in C.list_challenges(store, code) if c.open_at(time.time())]
     mine = [r for r in workspace.variants() if not r.builtin]

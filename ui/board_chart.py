@@ -5,6 +5,10 @@ Everything drawn comes from compression.board.board(): the page only converts un
 fractions → %) and escapes what students typed. The allowed side of each constraint on the chart's two
 axes is a translucent green band; where the bands overlap is the target. Constraints on other metrics
 (sparsity, bits per weight) cannot be drawn on these axes: the page lists them under the chart.
+
+The log-scaled x axis gets few, round ticks: sizes at powers of two labelled with their unit ("16 KiB",
+"64 KiB", "1 MiB"; ×2 apart, or ×4, ×16 when the range is wide), other metrics at 1-2-5 steps (decades
+when the range is wide). The range widens to the nearest ticks when fewer than two fall inside it.
 """
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ from .charts import ACCENT, BEFORE, MUTED, style
 
 PASS, FAIL, REFERENCE = ACCENT, "#d62728", "#6a3d9a"
 # metric -> (axis title, factor from the board's unit to the axis unit)
-X_AXES = {"bytes_packed": ("packed size (KiB, log scale)", 1 / 1024), "macs": ("MACs (millions, log scale)", 1e-6),
+X_AXES = {"bytes_packed": ("packed size (log scale)", 1 / 1024), "macs": ("MACs (millions, log scale)", 1e-6),
           "nonzero_macs": ("MACs of nonzero weights (millions, log scale)", 1e-6),
           "bits_per_weight": ("bits per weight (log scale)", 1.0),
           "int8_latency_ms": ("int8 latency at batch 1 (ms, log scale)", 1.0)}
 LABELLED = 12                       # name every point up to this many; beyond, only the first LABELLED ranks
+MAX_TICKS = 8                       # on the log-scaled x axis
 
 
 def drawable(b: Board) -> tuple[list[dict], list[dict]]:
@@ -46,7 +51,8 @@ def board_chart(b: Board, references: bool = False, height: int = 560) -> go.Fig
     limits_x = [(r.get("max") or r.get("min")) * scale for r in on if r["metric"] == b.x]
     limits_y = [100 * (r.get("max") if r.get("max") is not None else r["min"]) for r in on if r["metric"] != b.x]
     x_lo, x_hi = min(xs + limits_x, default=1) / 1.6, max(xs + limits_x, default=100) * 1.6
-    y_lo, y_hi = max(0.0, min(ys + limits_y, default=0) - 5), min(100.0, max(ys + limits_y, default=100) + 3)
+    ticks, labels, (x_lo, x_hi) = (size_ticks if b.x == "bytes_packed" else number_ticks)(x_lo, x_hi)
+    y_lo, y_hi = max(0.0, min(ys + limits_y, default=0) - 5), min(100.0, max(ys + limits_y, default=100) + 6)  # labels
     fig = go.Figure()
     for region in on:
         _shade(fig, region, b.x, scale, (x_lo, x_hi), (y_lo, y_hi))
@@ -55,7 +61,8 @@ def board_chart(b: Board, references: bool = False, height: int = 560) -> go.Fig
     for kind, symbol in (("published", "diamond-open"), ("project", "square-open")):
         _references(fig, [r for r in refs if r["kind"] == kind], kind, symbol, scale)
     fig = style(fig, "", title, "eval accuracy (%), 1,000-image eval subset", height=height)
-    fig.update_xaxes(type="log", range=[_log10(x_lo), _log10(x_hi)])
+    fig.update_xaxes(type="log", range=[_log10(x_lo), _log10(x_hi)], tickmode="array", tickvals=ticks,
+                     ticktext=labels, minor=dict(showgrid=False))
     fig.update_yaxes(range=[y_lo, y_hi])
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0),
                       margin=dict(t=20, b=120))
@@ -64,6 +71,45 @@ def board_chart(b: Board, references: bool = False, height: int = 560) -> go.Fig
 
 def _log10(v: float) -> float:
     return math.log10(max(v, 1e-12))
+
+
+def size_ticks(lo: float, hi: float) -> tuple[list[float], list[str], tuple[float, float]]:
+    """Ticks between lo and hi KiB at powers of two, at most MAX_TICKS (module docstring):
+    (values in KiB, labels, the axis range)."""
+    lo, hi = max(lo, 1e-6), max(hi, 2e-6)
+    k0, k1 = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
+    stride = 1
+    while (k1 - k0) // stride + 1 > MAX_TICKS:
+        stride *= 2
+    return _within([2.0 ** k for k in range(k0 - stride, k1 + stride + 1) if k % stride == 0], lo, hi, size_label)
+
+
+def size_label(kib: float) -> str:
+    if kib >= 1024:
+        return f"{kib / 1024:g} MiB"
+    return f"{kib:g} KiB" if kib >= 1 else f"{kib * 1024:g} B"
+
+
+def number_ticks(lo: float, hi: float) -> tuple[list[float], list[str], tuple[float, float]]:
+    """Ticks between lo and hi at 1-2-5 steps, or decades when those are more than MAX_TICKS."""
+    lo, hi = max(lo, 1e-12), max(hi, 2e-12)
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    for steps in ((1, 2, 5), (1,)):
+        values = [float(f"{m}e{e}") for e in decades for m in steps]
+        if sum(lo <= v <= hi for v in values) <= MAX_TICKS:
+            break
+    return _within(values, lo, hi, lambda v: f"{v:,g}")
+
+
+def _within(values: list[float], lo: float, hi: float, label) -> tuple[list[float], list[str], tuple[float, float]]:
+    """The values inside [lo, hi] with their labels, and the range, widened to the nearest values outside
+    when fewer than two are inside."""
+    inside = [v for v in values if lo <= v <= hi]
+    if len(inside) < 2:
+        lo = max((v for v in values if v <= lo), default=lo)
+        hi = min((v for v in values if v >= hi), default=hi)
+        inside = [v for v in values if lo <= v <= hi]
+    return inside, [label(v) for v in inside], (lo, hi)
 
 
 def _shade(fig: go.Figure, region: dict, x_metric: str, scale: float, xr: tuple, yr: tuple) -> None:
