@@ -13,15 +13,18 @@ from compression.files import save_model
 from compression.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
+STAND_IN_WIDTH = 0.5
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """Small stand-in pretrained models, so app tests do not depend on the shipped weights' accuracy."""
+    """Small stand-in pretrained models, so app tests do not depend on the shipped weights' accuracy: the
+    shipped architectures at half width (a quarter of the multiply-accumulates, so every evaluation, curve
+    and job of an app test costs a quarter; the pages take the width from the file)."""
     folder = tmp_path_factory.mktemp("assets")
     torch.manual_seed(0)
     for arch in ("resnet20", "resnet8"):
-        model = create_model(arch)
+        model = create_model(arch, width=STAND_IN_WIDTH)
         with torch.no_grad():               # confident, varied answers (as a trained model gives)
             for block in (m for m in model.modules() if hasattr(m, "bn2")):
                 block.bn2.weight.fill_(1.0)

@@ -24,8 +24,8 @@ def chart_titles(at) -> list[str]:
 
 def test_overview_shows_the_model_in_hand(app):
     assert app.title[0].value == "Model Compression Playground"
-    assert metric(app, "Parameters") == "272,474"
-    assert "40.8 M" == metric(app, "Multiply-accumulates / image")
+    assert metric(app, "Parameters") == "68,786"                     # resnet20 at half width (the stand-in)
+    assert "10.3 M" == metric(app, "Multiply-accumulates / image")
     assert app.dataframe[0].value.shape[0] == 22          # 21 convs + the classifier
 
 
@@ -51,7 +51,7 @@ def test_structured_pruning_really_shrinks_the_model(app):
     app.slider(key="prune_ratio").set_value(50).run()
     assert not app.exception
     params = int(metric(app, "Parameters").replace(",", ""))
-    assert params < 0.35 * 272_474, "half the channels in every layer leaves about a quarter of the weights"
+    assert params < 0.35 * 68_786, "half the channels in every layer leaves about a quarter of the weights"
 
 
 def test_keep_adds_a_variant_to_the_table(app):
