@@ -297,18 +297,6 @@ def allocation_record(kind: str, parent: Variant, auto: Variant, uniform: Varian
                          "uniform": None if uniform is None else uniform.metrics.eval_accuracy}}
 
 
-def onnx_export(parent: Variant, eval_set: ImageSet, report: Report, stop: Stop, int8: bool = False,
-                calib: ImageSet | None = None) -> tuple[bytes, dict]:
-    """Compare & Download's ONNX button: the variant as an fp32 (or int8 QDQ, calibrated on `calib`)
-    .onnx file, run in ONNX Runtime on `eval_set` against the PyTorch model(s): (file bytes, report with
-    accuracy, top-1 agreement and batch-1 / batch-256 latency; onnx_export.verify)."""
-    from .export import variant_metadata
-    from .onnx_export import export_and_verify
-
-    report(phase="onnx", message="exporting and timing")
-    return export_and_verify(parent.model, eval_set, int8=int8, calib=calib, metadata=variant_metadata(parent))
-
-
 ONNX_FORMATS = ("fp32", "int8")
 
 

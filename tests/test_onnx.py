@@ -319,23 +319,24 @@ def test_cli_export_onnx_prints_the_comparison(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_variant_downloads_as_onnx_and_the_job_verifies_it():
-    from compression.export import downloads
-    from compression.jobs import onnx_export
+def test_the_onnx_files_compare_offers_are_checked_against_pytorch():
+    from compression.jobs import check_onnx_files, onnx_file
     from compression.variant import measure_variant
 
     variant = measure_variant(prune(tiny_model(), 0.5), "pruned", name="tiny pruned")
-    files = {kind: make for _, kind, make in downloads(variant)}
-    data = files["onnx"]()
+    data = onnx_file(variant.model, "fp32", toy_set(32))
     model = load_onnx(data, "tiny.onnx")
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert (model(x) - variant.model(x)).abs().max().item() <= 1e-4
-    assert "int8.onnx" not in files                       # until the int8 job has made one
-    blob, report = onnx_export(variant, toy_set(32), lambda **kw: None, lambda: False)
-    assert report["pytorch_fp32"]["agreement"] == 1.0 and len(blob) == len(data)
-    variant.artifacts["onnx_int8"] = b"bytes made by the job"
-    assert {kind for _, kind, _ in downloads(variant)} >= {"onnx", "int8.onnx"}
+    kept = {}
+    report = check_onnx_files(variant, toy_set(32), toy_set(32), lambda **kw: None, lambda: False,
+                              keep=kept.__setitem__)
+    assert set(kept) == {"fp32", "int8"} and len(kept["fp32"]) == report["fp32"]["bytes"]
+    assert report["fp32"]["agreement"] == 1.0 and report["fp32"]["onnx"] == report["fp32"]["pytorch"]
+    load_onnx(kept["int8"], "tiny.int8.onnx")             # the int8 file passes the upload checks too
+    with pytest.raises(ValueError, match="ONNX format must be one of"):
+        onnx_file(variant.model, "fp16", toy_set(32))
 
 
 def test_cli_export_int8_without_format_onnx_says_what_to_add(tmp_path, capsys):
