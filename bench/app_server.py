@@ -26,16 +26,18 @@ def free_port() -> int:
 
 
 def start_server(home: Path, options: dict[str, str] | None = None, log: Path | None = None,
-                 timeout_s: float = 120, app_dir: Path = ROOT) -> tuple[subprocess.Popen, str]:
+                 timeout_s: float = 120, app_dir: Path = ROOT, env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on 127.0.0.1 with PLAYGROUND_HOME=home; returns (process, base URL) once its
     health check answers. `options` are Streamlit config options (`runner.postScriptGC` → `false`);
-    `app_dir` the checkout whose app.py runs (another one: a before/after in one run)."""
+    `app_dir` the checkout whose app.py runs (another one: a before/after in one run); `env` more
+    environment variables (PLAYGROUND_COMPUTE_SLOTS, …)."""
     port = free_port()
     args = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     for key, value in (options or {}).items():
         args += [f"--{key}", value]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLAYGROUND_HOME": str(home)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLAYGROUND_HOME": str(home), **(env or {})}
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(args, cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + timeout_s

@@ -25,7 +25,8 @@ peak, and 30 s after all sessions closed. The 1-minute load average is sampled w
 `--variant LABEL=OPTION=VALUE,...` runs the same sessions on a server started with Streamlit options
 (e.g. `--variant gc=runner.postScriptGC=true --variant nogc=runner.postScriptGC=false`), one server per
 variant, so a before/after is one command; `app=DIR` in the list runs the app of another checkout
-(`git archive REV | tar -x -C DIR` makes one) — and keeps edits to this one out of a run; `jobs=K` starts
+(`git archive REV | tar -x -C DIR` makes one) — and keeps edits to this one out of a run; `env.NAME=VALUE` sets an environment
+variable of the server (`env.PLAYGROUND_COMPUTE_SLOTS=0`); `jobs=K` starts
 K long training runs (resnet8, 200 epochs on the bundled sample), each from a workspace of its own on the
 Train page, after the warm-up and before the classes, so the class works while the job engine does
 (issue 20: a 10-session lesson's p95 with 2 jobs against the same with none):
@@ -308,8 +309,10 @@ def run_variant(label: str, options: dict[str, str], args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="class-load-") as home:
         app_dir = Path(options.get("app", ROOT))
         t_start = time.time()
-        proc, base = start_server(Path(home), {k: v for k, v in options.items() if k not in ("app", "jobs")},
-                                  log=Path(home) / "server.log", app_dir=app_dir)
+        proc, base = start_server(Path(home), {k: v for k, v in options.items()
+                                               if k not in ("app", "jobs") and not k.startswith("env.")},
+                                  log=Path(home) / "server.log", app_dir=app_dir,
+                                  env={k[4:]: v for k, v in options.items() if k.startswith("env.")})
         start_s = round(time.time() - t_start, 2)
         monitor = TreeMonitor(proc.pid)
         try:

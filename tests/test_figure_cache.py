@@ -28,3 +28,31 @@ def test_the_cache_is_bounded_by_the_bytes_of_its_figures(monkeypatch):
     assert list(cached._figures.keys()) == [1, 2] and cached._figures.currsize == 2 * size
     huge = cached.figure("huge", lambda: bars(5000))           # larger than the whole bound: drawn, not kept
     assert len(huge.data[0].x) == 5000 and "huge" not in cached._figures
+
+
+def test_computations_take_turns_and_a_nested_one_goes_on():
+    import threading
+    import time
+
+    from ui import cached
+
+    assert cached.COMPUTE_SLOTS == 1, "the default: one computation at a time for the whole server"
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work():
+        with cached.compute_slot():
+            with cached.compute_slot():          # a cached function calling another: no deadlock
+                with lock:
+                    running[0] += 1
+                    peak[0] = max(peak[0], running[0])
+                time.sleep(0.05)
+                with lock:
+                    running[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert peak[0] == 1

@@ -4,11 +4,17 @@ Models are keyed by variant id (a variant's model never changes) and passed as `
 does not try to hash them. Cached models are shared: copy before modifying (the library always does).
 Charts too (`figure`): a class in a lesson moves to the same positions, and each position's charts are
 built once for the server, not once per student.
+
+What is computed here runs in `compute_slot()`: at most PLAYGROUND_COMPUTE_SLOTS computations at once for
+the whole server (default 1), the others wait their turn. Each script run is a thread, and each thread
+that calls into torch brings its own team of worker threads: ten students moving a slider at once on two
+cores would run ten teams that wait on each other. In line, each runs at the machine's full speed.
 """
 from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from typing import Callable, Hashable
 
 import plotly.graph_objects as go
@@ -22,24 +28,47 @@ from compression.data import ImageSet
 from compression.train import evaluate
 
 
+COMPUTE_SLOTS = int(os.environ.get("PLAYGROUND_COMPUTE_SLOTS") or 1)      # 0: no limit
+_slots = threading.BoundedSemaphore(COMPUTE_SLOTS) if COMPUTE_SLOTS > 0 else None
+_holding = threading.local()
+
+
+@contextmanager
+def compute_slot():
+    """Hold one of the server's compute slots (see the module docstring); a thread that holds one already
+    (a cached function calling another) goes on."""
+    if _slots is None or getattr(_holding, "slot", False):
+        yield
+        return
+    with _slots:
+        _holding.slot = True
+        try:
+            yield
+        finally:
+            _holding.slot = False
+
+
 @st.cache_resource(max_entries=8, show_spinner="Computing ∂L/∂w on a few batches…")
 def gradient_scores(variant_id: str, exempt: tuple[str, ...], _model: nn.Module, _data: ImageSet):
-    return importance_scores(_model, "gradient", exempt, _data)
+    with compute_slot():
+        return importance_scores(_model, "gradient", exempt, _data)
 
 
 @st.cache_resource(max_entries=48, show_spinner=False)
 def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
                  _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
     scores = gradient_scores(variant_id, exempt, _model, _calib) if method == "gradient" else None
-    pruned = prune(_model, amount, method, scope, exempt=exempt, scores=scores)
-    return pruned, evaluate(pruned, _eval).accuracy
+    with compute_slot():
+        pruned = prune(_model, amount, method, scope, exempt=exempt, scores=scores)
+        return pruned, evaluate(pruned, _eval).accuracy
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
 def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module, _eval: ImageSet,
                _calib: ImageSet) -> tuple[nn.Module, float]:
-    pruned = prune_filters(_model, ratio, criterion, calib=_calib)
-    return pruned, evaluate(pruned, _eval).accuracy
+    with compute_slot():
+        pruned = prune_filters(_model, ratio, criterion, calib=_calib)
+        return pruned, evaluate(pruned, _eval).accuracy
 
 
 def pruned(variant_id: str, technique: str, settings: dict, model: nn.Module, eval_set: ImageSet,
@@ -55,15 +84,17 @@ def pruned(variant_id: str, technique: str, settings: dict, model: nn.Module, ev
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def accuracy(variant_id: str, _model: nn.Module, _eval: ImageSet) -> float:
-    return evaluate(_model, _eval).accuracy
+    with compute_slot():
+        return evaluate(_model, _eval).accuracy
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
 def shared(variant_id: str, k: int, _model: nn.Module, _eval: ImageSet) -> tuple[nn.Module, float]:
     from compression.share import cluster_weights
 
-    model = cluster_weights(_model, k)
-    return model, evaluate(model, _eval).accuracy
+    with compute_slot():
+        model = cluster_weights(_model, k)
+        return model, evaluate(model, _eval).accuracy
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
@@ -82,12 +113,13 @@ def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits,
     from compression.activations import quantize_model, to_reduced_float
     from compression.quantize import FLOAT_FORMATS
 
-    if bits in FLOAT_FORMATS:
-        model = to_reduced_float(_model, bits, activations=a_bits is not None)
-    else:
-        model = quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
-                                 per_channel=per_channel, a_method=method, batches=2)
-    return model, evaluate(model, _eval).accuracy
+    with compute_slot():
+        if bits in FLOAT_FORMATS:
+            model = to_reduced_float(_model, bits, activations=a_bits is not None)
+        else:
+            model = quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
+                                   per_channel=per_channel, a_method=method, batches=2)
+        return model, evaluate(model, _eval).accuracy
 
 
 FIGURE_CACHE_MB = float(os.environ.get("PLAYGROUND_FIGURE_CACHE_MB") or 64)
