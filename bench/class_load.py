@@ -63,6 +63,10 @@ CHROMIUM = "/usr/bin/chromium"
 LESSON = (70, 30, 90, 60, 80, 40, 20, 95, 10, 75)      # the teacher's positions, in order
 START = 50                                             # the lesson link's ratio
 VIEWPORT = {"width": 1500, "height": 2400}
+# every context draws as a visible tab would (no throttled timers in background contexts)
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-renderer-backgrounding",
+                "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows"]
 
 SETTLED_JS = """(target) => {
     if (document.querySelector('[data-testid=stStatusWidget], [data-testid=stSkeleton], [data-stale=true]'))
@@ -187,10 +191,7 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
     students = [Student(i) for i in range(n)]
     client = TreeMonitor(os.getpid(), exclude=monitor.root.pid)        # this script, Playwright, Chromium
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-renderer-backgrounding",
-            "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows"])
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         t_load = time.time()
         await asyncio.gather(*(open_page(browser, s, url, load_timeout_s) for s in students))
         t_idle, frames = time.time(), sum(s.frames for s in students)
