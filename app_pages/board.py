@@ -149,7 +149,7 @@ def board_page() -> None:
         if st.button("Leave this board", key="board_leave_teacher"):
             ui_board.leave()
             st.rerun()
-    elif not teacher and st.button("Leave this class", key="board_leave_student"):
+    elif not teacher and not presenter and st.button("Leave this class", key="board_leave_student"):
         ui_board.leave()
         st.rerun()
 

@@ -169,3 +169,13 @@ def test_presenter_mode_is_kept_in_the_url(teacher, assets, monkeypatch):
     ran(again.run())
     assert "present" not in again.query_params and "teacher" in again.query_params
     assert "Add a challenge" in [e.label for e in again.expander]
+
+
+def test_the_presenter_link_shows_the_board_without_joining_the_class_or_a_leave_button(teacher, assets, monkeypatch):
+    from compression.classes import joined_class, open_class
+    code = open_class(store(), teacher.session_state["_class"][1]).join_code
+    projector = opened(new_app(assets, monkeypatch, join=code, present="1"))
+    assert projector.toggle(key="board_present").value and projector.query_params["present"] == "1"
+    assert "Smallest model" in texts(projector)
+    assert "Leave this class" not in [b.label for b in projector.button], "a button on the projected screen"
+    assert joined_class(store(), my_workspace(projector)) is None, "the projector's browser is no student"

@@ -69,7 +69,8 @@ def enter(role: str, key: str) -> C.ClassInfo:
         info = C.open_class(store, key)
     else:
         info = C.join_class(store, key)
-        if st.session_state.get("_class") != (STUDENT, info.join_code):      # joining: written once
+        joining = st.session_state.get("_class") != (STUDENT, info.join_code)
+        if joining and not st.query_params.get("present"):      # written once; a projector joins no class
             C.join_class(store, info.join_code, workspace.get())
     key = key if role == TEACHER else info.join_code
     st.session_state["_class"] = (role, key)
@@ -183,7 +184,8 @@ def draw(b: B.Board, presenter: bool, references: bool) -> None:
     challenge_id = b.challenge_id
     st.markdown(f"## {plain(b.title)}")
     st.markdown("Goal: " + "; ".join(plain(g) for g in b.goal) + f".  \n{plain(deadline_text(b, time.time()))}")
-    fig = board_chart.board_chart(b, references=references, height=700 if presenter else 560)
+    fig = board_chart.board_chart(b, references=references, height=760 if presenter else 560,
+                                                      large=presenter)
     st.plotly_chart(fig, key=f"board_chart_{challenge_id}")
     _, off_axes = board_chart.drawable(b)
     if off_axes:

@@ -27,7 +27,8 @@ X_AXES = {"bytes_packed": ("packed size (log scale)", 1 / 1024), "macs": ("MACs 
           "nonzero_macs": ("MACs of nonzero weights (millions, log scale)", 1e-6),
           "bits_per_weight": ("bits per weight (log scale)", 1.0),
           "int8_latency_ms": ("int8 latency at batch 1 (ms, log scale)", 1.0)}
-LABELLED = 12                       # name every point up to this many; beyond, only the first LABELLED ranks
+LABELLED = 12                       # name every point up to this many; beyond, only the first CROWDED_LABELS ranks
+CROWDED_LABELS = 3                  # (names of points close together overlap; hovering names every point)
 MAX_TICKS = 8                       # on the log-scaled x axis
 
 
@@ -37,8 +38,9 @@ def drawable(b: Board) -> tuple[list[dict], list[dict]]:
     return on, [r for r in b.regions if r not in on]
 
 
-def board_chart(b: Board, references: bool = False, height: int = 560) -> go.Figure:
-    """The board's figure (module docstring). `references`: also the published and project points."""
+def board_chart(b: Board, references: bool = False, height: int = 560, large: bool = False) -> go.Figure:
+    """The board's figure (module docstring). `references`: also the published and project points;
+    `large`: type for a projector (presenter mode)."""
     title, scale = X_AXES[b.x]
     points = [p for p in b.points if p["x"] is not None and p["y"] is not None]
     refs = [r for r in b.references if r.get("bytes") and r.get("accuracy")] if references and b.x == "bytes_packed" else []
@@ -66,6 +68,9 @@ def board_chart(b: Board, references: bool = False, height: int = 560) -> go.Fig
     fig.update_yaxes(range=[y_lo, y_hi])
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0),
                       margin=dict(t=20, b=120))
+    if large:
+        fig.update_layout(font=dict(size=20))
+        fig.update_traces(textfont=dict(size=22), selector=dict(mode="markers+text"))
     return fig
 
 
@@ -132,7 +137,7 @@ def _label(p: dict) -> str:
 def _entries(fig: go.Figure, points: list[dict], frontier: list[str], scale: float) -> None:
     """Passing entries green, the others red; the frontier joins the entries nobody beats on both axes."""
     named = {p["id"] for p in points} if len(points) <= LABELLED else {
-        p["id"] for p in points if p["rank"] and p["rank"] <= LABELLED}
+        p["id"] for p in points if p["rank"] and p["rank"] <= CROWDED_LABELS}
     for passed, colour, name in ((True, PASS, "meets every constraint"), (False, FAIL, "misses a constraint")):
         group = [p for p in points if p["passed"] == passed]
         if not group:
