@@ -186,7 +186,8 @@ def draw(b: B.Board, presenter: bool, references: bool) -> None:
     st.markdown("Goal: " + "; ".join(plain(g) for g in b.goal) + f".  \n{plain(deadline_text(b, time.time()))}")
     fig = board_chart.board_chart(b, references=references, height=760 if presenter else 560,
                                                       large=presenter)
-    st.plotly_chart(fig, key=f"board_chart_{challenge_id}")
+    st.plotly_chart(fig, key=f"board_chart_{challenge_id}",       # the projector's type: the figure's own
+                    theme=None if presenter else "streamlit")
     _, off_axes = board_chart.drawable(b)
     if off_axes:
         st.caption("Also required (not on these axes): " + "; ".join(plain(r["rule"]) for r in off_axes) + ".")

@@ -144,7 +144,8 @@ def _entries(fig: go.Figure, points: list[dict], frontier: list[str], scale: flo
             continue
         fig.add_scatter(
             x=[p["x"] * scale for p in group], y=[100 * p["y"] for p in group], mode="markers+text", name=name,
-            text=[_label(p) if p["id"] in named else "" for p in group], textposition="top center",
+            text=[_label(p) if p["id"] in named else "" for p in group],
+            textposition=["bottom center" if (p["rank"] or 0) % 2 == 0 else "top center" for p in group],
             textfont=dict(size=15), customdata=[[_label(p), html.escape(p["recipe"])] for p in group],
             marker=dict(size=[22 if p["mine"] else 16 for p in group], color=colour,
                         line=dict(width=[3 if p["mine"] else 1 for p in group], color="#222222")),
