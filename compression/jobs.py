@@ -314,8 +314,9 @@ def check_onnx_files(parent: Variant, eval_set: ImageSet, calib: ImageSet, repor
                keep: Callable[[str, bytes], None] | None = None) -> dict:
     """Compare & Download's ONNX check (a short analysis): both .onnx files of `parent` (onnx_file), each
     run in ONNX Runtime on `eval_set` against the model in PyTorch: {fmt: {"bytes": file size,
-    "onnx": accuracy, "pytorch": accuracy, "agreement": same top-1, "max_abs_diff"}}. `keep(fmt, data)`
-    receives each file (the page keeps them for its downloads)."""
+    "onnx": accuracy, "pytorch": accuracy, "agreement": same top-1, "max_abs_diff", "latency_ms": {"batch 1":
+    {"onnx": ms, "pytorch": ms}, "batch 256": …}}} (CPU, timed alternately: compare within a row).
+    `keep(fmt, data)` receives each file (the page keeps them for its downloads)."""
     from .export import variant_metadata
     from .onnx_export import OnnxModel, exportable, verify
     from .weights import plain_model
@@ -327,10 +328,10 @@ def check_onnx_files(parent: Variant, eval_set: ImageSet, calib: ImageSet, repor
         report(done=i, total=len(ONNX_FORMATS), message=f"exporting {fmt}")
         data = onnx_file(parent.model, fmt, calib, variant_metadata(parent))
         reference = exportable(parent.model) if fmt == "fp32" else plain_model(parent.model).eval()
-        result = verify(OnnxModel(data), {"pytorch": reference}, eval_set, latency=False)
+        result = verify(OnnxModel(data), {"pytorch": reference}, eval_set, repeats=3)
         out[fmt] = {"bytes": len(data), "onnx": result["onnx"]["accuracy"], "images": result["images"],
                     **{k: result["pytorch"][k] for k in ("agreement", "max_abs_diff")},
-                    "pytorch": result["pytorch"]["accuracy"]}
+                    "pytorch": result["pytorch"]["accuracy"], "latency_ms": result["latency_ms"]}
         if keep is not None:
             keep(fmt, data)
     report(done=len(out), total=len(ONNX_FORMATS))

@@ -334,6 +334,9 @@ def test_the_onnx_files_compare_offers_are_checked_against_pytorch():
                               keep=kept.__setitem__)
     assert set(kept) == {"fp32", "int8"} and len(kept["fp32"]) == report["fp32"]["bytes"]
     assert report["fp32"]["agreement"] == 1.0 and report["fp32"]["onnx"] == report["fp32"]["pytorch"]
+    for fmt in ("fp32", "int8"):                          # CPU latency of both, against PyTorch, at batch 1 and 256
+        times = report[fmt]["latency_ms"]
+        assert set(times) == {"batch 1", "batch 256"} and all(t["onnx"] > 0 and t["pytorch"] > 0 for t in times.values())
     load_onnx(kept["int8"], "tiny.int8.onnx")             # the int8 file passes the upload checks too
     with pytest.raises(ValueError, match="ONNX format must be one of"):
         onnx_file(variant.model, "fp16", toy_set(32))

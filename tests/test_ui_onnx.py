@@ -41,6 +41,7 @@ def test_the_int8_onnx_the_page_offers_runs_without_torch_to_the_accuracy_it_sho
     app.run()
     shown = next(m.value for m in app.markdown if "ONNX Runtime, int8" in m.value)
     int8_shown = re.search(r"ONNX Runtime, int8\*\*: ([\d.]+) %", shown).group(1)
+    assert re.search(r"int8\*\*: .* batch 1: [\d.]+ ms \(PyTorch [\d.]+ ms\) · batch 256: [\d.]+ ms", shown), shown
     assert re.search(r"ONNX Runtime, fp32\*\*: ([\d.]+) %", shown).group(1) == f"{100 * task.result['fp32']['pytorch']:.1f}"
 
     data = onnx_files.offered(record.id, "int8", train)       # what the download button sends

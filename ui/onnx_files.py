@@ -111,10 +111,13 @@ def check_text(result: dict) -> str:
     """The check's figures in one line per file."""
     lines = []
     for fmt, r in result.items():
+        times = r.get("latency_ms", {})
+        speed = "".join(f" · batch {b}: {t['onnx']:.1f} ms (PyTorch {t['pytorch']:.1f} ms)"
+                        for b, t in ((b, times.get(f"batch {b}")) for b in (1, 256)) if t)
         lines.append(f"**ONNX Runtime, {fmt}**: {accuracy(r['onnx'])} on the {r['images']:,} eval images "
                      f"(PyTorch fp32: {accuracy(r['pytorch'])}; same top-1 class as PyTorch on "
                      f"{100 * r['agreement']:.1f} % of them) · "
-                     f"{kib(r['bytes'])}")
+                     f"{kib(r['bytes'])}{speed}")
     return "  \n".join(lines)
 
 
