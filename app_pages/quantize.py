@@ -5,8 +5,8 @@ import streamlit as st
 from compression.activations import CALIBRATION_METHODS
 from compression.jobs import bits_curve
 from compression.quantize import FLOAT_FORMATS, quant_grid
-from compression.views import (distinct_per_channel, distinct_values, histogram, layer_names, layer_quant_error,
-                               layer_weight, weight_range)
+from compression.views import (distinct_per_channel, distinct_values, histogram, layer_names, layer_weight,
+                               weight_range)
 from ui import analyses, auto, cached, charts, jobs, lesson, state, workspace
 from ui.format import accuracy, plain
 from ui.keep import keep_button
@@ -34,6 +34,10 @@ class Choice:
     @property
     def per_channel(self) -> bool:
         return self.granularity == "per-channel"
+
+    def settings(self) -> tuple:
+        """What the quantized model depends on (with the variant's id: the key of its cached results)."""
+        return self.bits, self.symmetric, self.per_channel, self.a_bits, self.method
 
 
 def intro() -> None:
@@ -73,10 +77,32 @@ def controls() -> Choice:
     return Choice(bits, mode, gran, a_bits, st.session_state.get("quantize_calib", "minmax"))
 
 
-def inspect(model, q_model, acc: float, before_acc: float, choice: Choice) -> None:
-    """The headline numbers, one layer's histogram with its grid, and the error of every layer."""
+def histogram_chart(model, q_model, layer: str, choice: Choice):
+    lo_hi = weight_range(model, layer)
+    levels = None
+    if not choice.is_float:
+        levels = quant_grid(layer_weight(model, layer), choice.bits, choice.symmetric, choice.per_channel,
+                            channel=0 if choice.per_channel else None).tolist()
+    return charts.histogram_before_after(
+        histogram(layer_weight(model, layer), value_range=lo_hi),
+        histogram(layer_weight(q_model, layer), value_range=lo_hi, bins=200),
+        f"Weights of {layer}" + (" (grid of filter 0)" if choice.per_channel and not choice.is_float else ""),
+        after_name="quantized", levels=levels, level_name="grid levels")
+
+
+def errors_chart(errors: dict):
+    finite = {n: (e["sqnr_db"] if e["sqnr_db"] != float("inf") else 100.0) for n, e in errors.items()}
+    return charts.bars(list(finite), list(finite.values()), "Quantization error per layer",
+                       "SQNR (dB, higher is better)")
+
+
+def inspect(variant, q_model, acc: float, before_acc: float, choice: Choice) -> None:
+    """The headline numbers, one layer's histogram with its grid, and the error of every layer (each
+    computed and drawn once per server for the variant and the settings)."""
+    model = variant.model
     names = layer_names(model)
-    errors = layer_quant_error(model, q_model)
+    errors = cached.quant_errors(variant.id, *choice.settings(), model, q_model)
+    move = (variant.id, "quantized", choice.settings())
     left, right = st.columns([3, 2])
     with right:
         layer = st.selectbox("Layer to inspect", names, index=min(4, len(names) - 1), key="quantize_layer")
@@ -92,21 +118,10 @@ def inspect(model, q_model, acc: float, before_acc: float, choice: Choice) -> No
     m[3].metric("Signal-to-noise of the layer", "∞ dB" if sqnr == float("inf") else f"{sqnr:.1f} dB",
                 help="10·log10(Σw² / Σ(w − ŵ)²): about 6 dB more for every extra bit")
     with left:
-        lo_hi = weight_range(model, layer)
-        levels = None
-        if not is_float:
-            w = layer_weight(model, layer)
-            levels = quant_grid(w, bits, choice.symmetric, choice.per_channel,
-                                channel=0 if choice.per_channel else None).tolist()
-        st.plotly_chart(charts.histogram_before_after(
-            histogram(layer_weight(model, layer), value_range=lo_hi),
-            histogram(layer_weight(q_model, layer), value_range=lo_hi, bins=200),
-            f"Weights of {layer}" + (" (grid of filter 0)" if choice.per_channel and not is_float else ""),
-            after_name="quantized", levels=levels, level_name="grid levels"), key="quantize_hist")
+        st.plotly_chart(cached.figure((move, "histogram", layer),
+                                      lambda: histogram_chart(model, q_model, layer, choice)), key="quantize_hist")
     with right:
-        finite = {n: (e["sqnr_db"] if e["sqnr_db"] != float("inf") else 100.0) for n, e in errors.items()}
-        st.plotly_chart(charts.bars(list(finite), list(finite.values()), "Quantization error per layer",
-                                    "SQNR (dB, higher is better)"), key="quantize_errors")
+        st.plotly_chart(cached.figure((move, "errors"), lambda: errors_chart(errors)), key="quantize_errors")
 
 
 def accuracy_against_bits(variant, data, calib, choice: Choice, acc: float) -> None:
@@ -175,10 +190,9 @@ def quantize_page() -> None:
     calib = data.train.subset(slice(0, 256), "calibration batches")
     choice = controls()
     model = variant.model
-    q_model, acc = cached.quantized(variant.id, choice.bits, choice.symmetric, choice.per_channel, choice.a_bits,
-                                    choice.method, model, data.eval, calib)
+    q_model, acc = cached.quantized(variant.id, *choice.settings(), model, data.eval, calib)
     before_acc = cached.accuracy(variant.id, model, data.eval)
-    inspect(model, q_model, acc, before_acc, choice)
+    inspect(variant, q_model, acc, before_acc, choice)
     accuracy_against_bits(variant, data, calib, choice, acc)
     keep_it(variant, q_model, data, choice)
 

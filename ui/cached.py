@@ -122,6 +122,15 @@ def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits,
         return model, evaluate(model, _eval).accuracy
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def quant_errors(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
+                 _model: nn.Module, _quantized: nn.Module) -> dict[str, dict[str, float]]:
+    """views.layer_quant_error of `quantized(...)` with the same settings, once per server."""
+    from compression.views import layer_quant_error
+
+    return layer_quant_error(_model, _quantized)
+
+
 FIGURE_CACHE_MB = float(os.environ.get("PLAYGROUND_FIGURE_CACHE_MB") or 64)
 _figures: LRUCache = LRUCache(maxsize=int(FIGURE_CACHE_MB * 2**20), getsizeof=lambda entry: entry[1])
 _figures_lock = threading.Lock()
