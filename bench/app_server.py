@@ -34,7 +34,8 @@ def start_server(home: Path, options: dict[str, str] | None = None, log: Path | 
     environment variables (PLAYGROUND_COMPUTE_SLOTS, …)."""
     port = free_port()
     args = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none"]      # an edit of the checkout during a run must not reload the app
     for key, value in (options or {}).items():
         args += [f"--{key}", value]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLAYGROUND_HOME": str(home), **(env or {})}
