@@ -28,6 +28,7 @@ from compression.data import ImageSet
 from compression.train import evaluate
 
 
+COMPUTING = "Computing this setting (the server computes one at a time)…"   # shown while a move waits or runs
 COMPUTE_SLOTS = int(os.environ.get("PLAYGROUND_COMPUTE_SLOTS") or 1)      # 0: no limit
 _slots = threading.BoundedSemaphore(COMPUTE_SLOTS) if COMPUTE_SLOTS > 0 else None
 _holding = threading.local()
@@ -54,7 +55,7 @@ def gradient_scores(variant_id: str, exempt: tuple[str, ...], _model: nn.Module,
         return importance_scores(_model, "gradient", exempt, _data)
 
 
-@st.cache_resource(max_entries=48, show_spinner=False)
+@st.cache_resource(max_entries=48, show_spinner=COMPUTING)
 def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
                  _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
     scores = gradient_scores(variant_id, exempt, _model, _calib) if method == "gradient" else None
@@ -63,7 +64,7 @@ def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ..
         return pruned, evaluate(pruned, _eval).accuracy
 
 
-@st.cache_resource(max_entries=24, show_spinner=False)
+@st.cache_resource(max_entries=24, show_spinner=COMPUTING)
 def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module, _eval: ImageSet,
                _calib: ImageSet) -> tuple[nn.Module, float]:
     with compute_slot():
@@ -88,7 +89,7 @@ def accuracy(variant_id: str, _model: nn.Module, _eval: ImageSet) -> float:
         return evaluate(_model, _eval).accuracy
 
 
-@st.cache_resource(max_entries=24, show_spinner=False)
+@st.cache_resource(max_entries=24, show_spinner=COMPUTING)
 def shared(variant_id: str, k: int, _model: nn.Module, _eval: ImageSet) -> tuple[nn.Module, float]:
     from compression.share import cluster_weights
 
@@ -106,7 +107,7 @@ def shared_breakdown(variant_id: str, k: int, _model: nn.Module) -> list[dict]:
     return packed_breakdown(_model)
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
+@st.cache_resource(max_entries=32, show_spinner=COMPUTING)
 def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
               _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
     """bits: 1..8 or "fp16"/"bf16"; a_bits: None (weights only) or 1..8 (activations calibrated)."""
