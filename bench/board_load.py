@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_server import ROOT, TreeMonitor, start_server, stop_server, wait_quiet  # noqa: E402  (bench/ is no package)
-from class_load import BROWSER_ARGS, CHROMIUM, VIEWPORT, Student, note_errors, percentiles  # noqa: E402
+from class_load import BROWSER_ARGS, CHROMIUM, VIEWPORT, Student, cell, note_errors, percentiles  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from compression.board import board  # noqa: E402
@@ -314,10 +314,6 @@ def run(args) -> list[dict]:
             monitor.stop()
             stop_server(proc)
     return rows
-
-
-def cell(stats: dict) -> str:
-    return "—" if not stats["n"] else f"{stats['p50']} / {stats['p95']} / {stats['max']}"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -282,20 +282,26 @@ def only_packages(folder, names: tuple[str, ...]):
     return folder
 
 
+def run_without_torch(data: bytes, eval_set, folder) -> dict:
+    """Run the .onnx `data` on `eval_set` in a fresh Python that sees only numpy and onnxruntime
+    (ONLY_ORT): {"correct", "torch_found", "packages", …}."""
+    (folder / "model.onnx").write_bytes(data)
+    np.save(folder / "images.npy", D.to_float(eval_set.images).numpy())
+    np.save(folder / "labels.npy", eval_set.labels.numpy())
+    site = only_packages(folder / "site", ("numpy", "onnxruntime"))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", ONLY_ORT, str(site), str(folder),
+                          str(torch.get_num_threads())], capture_output=True, text=True, timeout=300, cwd=folder)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 @pytest.mark.slow
 def test_int8_export_runs_in_a_fresh_python_with_only_onnxruntime_and_numpy(int8_export, tmp_path):
     """The Done-when of issue 22: the downloaded int8 .onnx runs where only onnxruntime and numpy are
     installed (no torch, no onnx package, no project code), to the accuracy the library reports (verify's
     "onnx" accuracy: what the app's ONNX download shows)."""
     _, _, eval_set, data = int8_export
-    (tmp_path / "model.onnx").write_bytes(data)
-    np.save(tmp_path / "images.npy", D.to_float(eval_set.images).numpy())
-    np.save(tmp_path / "labels.npy", eval_set.labels.numpy())
-    site = only_packages(tmp_path / "site", ("numpy", "onnxruntime"))
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", ONLY_ORT, str(site), str(tmp_path),
-                          str(torch.get_num_threads())], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    result = run_without_torch(data, eval_set, tmp_path)
     assert not result["torch_found"]                              # torch is not even installed there
     assert result["packages"] == ["numpy", "onnxruntime"]
     reported = verify(OnnxModel(data), {}, eval_set, latency=False)["onnx"]["accuracy"]

@@ -1,20 +1,15 @@
 """ONNX on Compare & Download (ui/onnx_files.py), driven with AppTest: the check in ONNX Runtime shows each
 file's accuracy, the int8 file the page offers runs in a fresh Python that has only onnxruntime and numpy
 and gives that accuracy, and an uploaded .onnx is evaluated (a malformed one is a message)."""
-import json
 import re
-import subprocess
-import sys
 import time
 
-import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("streamlit")
 pytest.importorskip("onnxruntime")
 from app_fixtures import goto, kept, pretrained  # noqa: E402
-from test_onnx import ONLY_ORT, only_packages  # noqa: E402
+from test_onnx import run_without_torch  # noqa: E402
 
 from compression import data as D  # noqa: E402
 
@@ -47,14 +42,7 @@ def test_the_int8_onnx_the_page_offers_runs_without_torch_to_the_accuracy_it_sho
     data = onnx_files.offered(record.id, "int8", train)       # what the download button sends
     assert len(data) == task.result["int8"]["bytes"]
     eval_set = D.eval_subset(test)
-    (tmp_path / "model.onnx").write_bytes(data)
-    np.save(tmp_path / "images.npy", D.to_float(eval_set.images).numpy())
-    np.save(tmp_path / "labels.npy", eval_set.labels.numpy())
-    site = only_packages(tmp_path / "site", ("numpy", "onnxruntime"))
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", ONLY_ORT, str(site), str(tmp_path),
-                          str(torch.get_num_threads())], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    result = run_without_torch(data, eval_set, tmp_path)
     assert not result["torch_found"] and result["packages"] == ["numpy", "onnxruntime"]
     assert result["correct"] == round(task.result["int8"]["onnx"] * len(eval_set))
     assert f"{100 * result['correct'] / len(eval_set):.1f}" == int8_shown
