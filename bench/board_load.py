@@ -52,6 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_server import ROOT, TreeMonitor, start_server, stop_server, wait_quiet  # noqa: E402  (bench/ is no package)
+import class_load  # noqa: E402
 from class_load import BROWSER_ARGS, CHROMIUM, VIEWPORT, Student, cell, note_errors, percentiles  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -141,20 +142,9 @@ async def settled(page, marker: str, timeout_s: float) -> bool:
 
 async def open_page(browser, student: Student, url: str, marker: str, timeout_s: float,
                     viewport: dict = VIEWPORT) -> None:
-    """A context of its own on `url`; student.load_s = goto → settled (else a timeout)."""
-    context = await browser.new_context(viewport=viewport)
-    student.page = await context.new_page()
-    t0 = time.perf_counter()
-    try:
-        await student.page.goto(url, timeout=timeout_s * 1000)
-        ok = await settled(student.page, marker, timeout_s - (time.perf_counter() - t0))
-    except Exception:
-        ok = False
-    if ok:
-        student.load_s = time.perf_counter() - t0
-    else:
-        student.timeouts += 1
-    await note_errors(student)
+    """class_load.open_page, settled when the page shows `marker`."""
+    await class_load.open_page(browser, student, url, timeout_s, ready=lambda page, left: settled(page, marker, left),
+                               viewport=viewport)
 
 
 async def submit(student: Submitter, t_start: float, timeout_s: float) -> None:

@@ -116,14 +116,18 @@ async def note_errors(student: Student) -> None:
         student.errors.append(f"page unreadable: {exc}")
 
 
-async def open_page(browser, student: Student, url: str, timeout_s: float) -> None:
-    context = await browser.new_context(viewport=VIEWPORT)
+async def open_page(browser, student: Student, url: str, timeout_s: float, ready=None,
+                    viewport: dict = VIEWPORT) -> None:
+    """A context of its own on `url`; student.load_s = goto → settled (else a timeout). `ready(page,
+    seconds left)` says when the page has settled (default: the Prune page at START)."""
+    context = await browser.new_context(viewport=viewport)
     student.page = await context.new_page()
     student.page.on("websocket", student.count)
     t0 = time.perf_counter()
     try:
         await student.page.goto(url, timeout=timeout_s * 1000)
-        ok = await settled(student.page, START, timeout_s - (time.perf_counter() - t0))
+        ok = await (ready or (lambda page, left: settled(page, START, left)))(
+            student.page, timeout_s - (time.perf_counter() - t0))
     except Exception:
         ok = False
     if ok:
