@@ -11,12 +11,6 @@ from . import data as D
 from .commands import Data, _print_json, finish, load_variant, run_quietly
 
 
-def calibration_images(data: Data, n: int) -> D.ImageSet:
-    """The last `n` training images: where automatic modes measure sensitivity (never test images)."""
-    train = data.train
-    return train.subset(slice(max(0, len(train) - n), len(train)), "calibration")
-
-
 def sensitivity_progress(done: int, total: int) -> None:
     print(f"  sensitivity: layer {done}/{total}", file=sys.stderr, flush=True)
 
@@ -45,7 +39,7 @@ def cmd_prune_auto(args) -> int:
                              target_bytes=round(args.budget_kib * 1024) if args.budget_kib else None,
                              method=args.method, exempt=FIRST_AND_LAST if args.keep_first_last else (),
                              calib_images=args.calib_images)
-    model, allocation = auto_prune(base.model, config, calibration_images(data, args.calib_images),
+    model, allocation = auto_prune(base.model, config, D.calibration_set(data.train, args.calib_images),
                                    None if args.json else sensitivity_progress)
     if not args.json:
         print_allocation(allocation.rows(), ("auto", "uniform", "global"), ".3f")
@@ -73,7 +67,7 @@ def cmd_quantize_auto(args) -> int:
     config = AutoQuantConfig(round(args.budget_kib * 1024), criterion=args.criterion,   # ValueError: as above
                              symmetric=args.mode == "symmetric", per_channel=args.granularity == "per-channel",
                              calib_images=args.calib_images)
-    model, allocation = auto_quantize(base.model, config, calibration_images(data, args.calib_images),
+    model, allocation = auto_quantize(base.model, config, D.calibration_set(data.train, args.calib_images),
                                       None if args.json else sensitivity_progress)
     if not args.json:
         print_allocation(allocation.rows(), ("auto", "uniform"), "")

@@ -221,6 +221,11 @@ def eval_subset(sample_test: ImageSet, per_class: int = EVAL_PER_CLASS) -> Image
     return sample_test.subset(index, f"eval subset ({per_class} per class)")
 
 
+def calibration_set(train: ImageSet, n: int) -> ImageSet:
+    """The last `n` training images: where the automatic modes measure sensitivity (never test images)."""
+    return train.subset(slice(max(0, len(train) - n), len(train)), "calibration")
+
+
 def calibration_batches(data: ImageSet, batches: int, batch_size: int) -> Iterator[ImageSet]:
     """`batches` batches from the start of `data`, wrapping around when it is short: batch i is
     data[s : s + batch_size] with s = i · batch_size mod len(data) (calibration, gradient scores)."""

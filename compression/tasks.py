@@ -159,11 +159,6 @@ def _spiral(spec: dict, data: Data, report: Report, stop: Stop) -> list[Variant]
     return run_pipeline(steps, report)
 
 
-def calibration(train: D.ImageSet, n: int) -> D.ImageSet:
-    """The last `n` training images: where the automatic modes measure sensitivity (as the CLI's --auto)."""
-    return train.subset(slice(max(0, len(train) - n), len(train)), "calibration")
-
-
 def _steps(report: Report) -> Report:
     """The auto modes' progress (done / total layers measured, then "measure") as the steps and messages a
     page's progress bar reads."""
@@ -188,7 +183,7 @@ def _auto_prune(spec: dict, data: Data, report: Report, stop: Stop) -> list[Vari
     config = AutoPruneConfig(target_sparsity=float(spec["target_sparsity"]), method=spec.get("method", "magnitude"),
                              exempt=FIRST_AND_LAST if spec.get("keep_first_last") else (), calib_images=n, **extra)
     try:
-        made, _ = auto_prune_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval,
+        made, _ = auto_prune_variants(_input(spec["parent"]), config, D.calibration_set(data.train, n), data.eval,
                                       _steps(report), stop)
     except InterruptedError:          # Stop while measuring: nothing made
         return []
@@ -203,7 +198,7 @@ def _auto_quant(spec: dict, data: Data, report: Report, stop: Stop) -> list[Vari
     n = int(spec.get("calib_images", 256))
     config = AutoQuantConfig(int(spec["budget_bytes"]), criterion=spec.get("criterion", "loss"), calib_images=n)
     try:
-        made, _ = auto_quantize_variants(_input(spec["parent"]), config, calibration(data.train, n), data.eval,
+        made, _ = auto_quantize_variants(_input(spec["parent"]), config, D.calibration_set(data.train, n), data.eval,
                                          _steps(report), stop)
     except InterruptedError:
         return []

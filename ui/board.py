@@ -67,11 +67,9 @@ def enter(role: str, key: str) -> C.ClassInfo:
     store = workspace.store()
     if role == TEACHER:
         info = C.open_class(store, key)
-    else:
-        info = C.join_class(store, key)
-        joining = st.session_state.get("_class") != (STUDENT, info.join_code)
-        if joining and not st.query_params.get("present"):      # written once; a projector joins no class
-            C.join_class(store, info.join_code, workspace.get())
+    else:                  # the workspace remembers the class once; a projector (present=1) joins no class
+        remember = st.session_state.get("_class") != (STUDENT, key) and not st.query_params.get("present")
+        info = C.join_class(store, key, workspace.get() if remember else None)
     key = key if role == TEACHER else info.join_code
     st.session_state["_class"] = (role, key)
     params = {role: key, **({"ws": st.query_params["ws"]} if "ws" in st.query_params else {})}
@@ -184,8 +182,7 @@ def draw(b: B.Board, presenter: bool, references: bool) -> None:
     challenge_id = b.challenge_id
     st.markdown(f"## {plain(b.title)}")
     st.markdown("Goal: " + "; ".join(plain(g) for g in b.goal) + f".  \n{plain(deadline_text(b, time.time()))}")
-    fig = board_chart.board_chart(b, references=references, height=760 if presenter else 560,
-                                                      large=presenter)
+    fig = board_chart.board_chart(b, references=references, height=760 if presenter else 560, large=presenter)
     st.plotly_chart(fig, key=f"board_chart_{challenge_id}",       # the projector's type: the figure's own
                     theme=None if presenter else "streamlit")
     _, off_axes = board_chart.drawable(b)
