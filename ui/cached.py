@@ -51,9 +51,6 @@ def compute_slot():
             _holding.slot = False
 
 
-SLIDER_CACHE_MB = 64.0
-
-
 def _bound() -> int:
     """PLAYGROUND_SLIDER_CACHE_MB in bytes. The default, 64 MB: a result weighs what nbytes counts, mostly
     its model: a pruned resnet20 keeps weights, masks and masked weights (3.3 MB), a quantized or clustered
@@ -62,7 +59,7 @@ def _bound() -> int:
     (a fraction of a second). With the figures' 64 MB, what a class leaves behind stays within 20 % of a
     warm server's 600–700 MB (issue 19's goal for memory 30 s after the sessions close); a server with
     memory to spare can raise it."""
-    return cache_bytes("PLAYGROUND_SLIDER_CACHE_MB", SLIDER_CACHE_MB)
+    return cache_bytes("PLAYGROUND_SLIDER_CACHE_MB", 64)
 
 
 _results = ByteCache(_bound(), nbytes)
@@ -81,7 +78,8 @@ def gradient_scores(variant_id: str, exempt: tuple[str, ...], model: nn.Module, 
     def compute():
         with compute_slot():
             return importance_scores(model, "gradient", exempt, data)
-    return _cached(("gradient", variant_id, exempt, data.fingerprint()), compute, "Computing ∂L/∂w on a few batches…")
+    return _cached(("gradient", variant_id, exempt, data.fingerprint()), compute,
+                   "Computing ∂L/∂w on a few batches…")
 
 
 def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
@@ -102,7 +100,8 @@ def structured(variant_id: str, criterion: str, ratio: float, model: nn.Module, 
         with compute_slot():
             pruned = prune_filters(model, ratio, criterion, calib=calib)
             return pruned, evaluate(pruned, eval_set).accuracy
-    return _cached(("structured", variant_id, criterion, ratio, eval_set.fingerprint(), calib.fingerprint()), compute)
+    return _cached(("structured", variant_id, criterion, ratio, eval_set.fingerprint(), calib.fingerprint()),
+                   compute)
 
 
 def pruned(variant_id: str, technique: str, settings: dict, model: nn.Module, eval_set: ImageSet,
@@ -170,8 +169,8 @@ def quant_errors(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bi
                    lambda: layer_quant_error(model, q_model), spinner=None)
 
 
-FIGURE_CACHE_MB = float(os.environ.get("PLAYGROUND_FIGURE_CACHE_MB") or 64)
-_figures = ByteCache(int(FIGURE_CACHE_MB * 2**20), lambda fig: len(fig.to_json()) if fig is not None else 0)
+_figures = ByteCache(cache_bytes("PLAYGROUND_FIGURE_CACHE_MB", 64),
+                     lambda fig: len(fig.to_json()) if fig is not None else 0)
 
 
 def figure(key: Hashable, build: Callable[[], go.Figure | None]) -> go.Figure | None:
