@@ -130,6 +130,12 @@ class ByteCache:
                         self._computing.pop(key, None)
         return value
 
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep `value` for `key` (if it fits and the key is not kept already)."""
+        size = self.sizeof(value)
+        with self._lock:
+            self._insert(key, value, size)
+
     def _lookup(self, key: Hashable) -> tuple[bool, Any]:
         with self._lock:
             item = self._items.get(key)

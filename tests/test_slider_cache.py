@@ -32,6 +32,8 @@ def test_the_cache_evicts_the_least_recently_used_beyond_its_bound():
     assert cache.keys() == ["d", "e"] and cache.total_bytes <= cache.max_bytes
     big = cache.get("big", lambda: kib(8))          # larger than the whole bound: returned, not kept
     assert big.numel() == 2048 and "big" not in cache and cache.hits == 1 and cache.misses == 6
+    cache.put("kept", kib(1))                       # kept as a computed value is (the ONNX check's files)
+    assert cache.keys() == ["e", "kept"] and cache.get("kept", lambda: kib(3)).numel() == 256
 
 
 def test_threads_asking_for_one_key_together_compute_it_once_and_all_wait_visibly():
