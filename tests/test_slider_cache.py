@@ -106,5 +106,12 @@ def test_the_trim_runs_once_when_a_busy_server_goes_quiet():
     assert not any(state.tick(cpu=6.2, now=15 + t) for t in range(10))            # no work: no trim again
 
 
+def test_a_long_busy_spell_is_trimmed_every_ten_seconds_and_once_more_when_quiet():
+    state = IdleTrim(cpu=0.0, now=0.0, idle_s=5)
+    busy = [t for t in range(1, 26) if state.tick(cpu=0.3 * t, now=t)]             # 0.3 cores for 25 s
+    quiet = [t for t in range(26, 40) if state.tick(cpu=7.5, now=t)]
+    assert busy == [10, 20] and quiet == [30]
+
+
 def test_returning_freed_memory_is_safe_to_call_anywhere():
     assert return_freed_memory() in (True, False)
