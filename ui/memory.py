@@ -4,11 +4,12 @@ glibc's malloc keeps what is freed: every arena stays at its high-water mark, so
 server would stay about as large as at its peak, although the caches are bounded (ui/cached.py) and
 the sessions hold only ids and widget state. A daemon thread watches the process's CPU time (all its
 threads: script runs, fragments, analyses) and calls `malloc_trim(0)`
-(compression.metrics.return_freed_memory; nothing happens without glibc) once the process has been quiet for PLAYGROUND_TRIM_IDLE_S seconds (default 5) after at least
-a second of work, and every BUSY_EVERY_S (10 s) while work goes on: a class's backlog of reruns and the
-background curves it asked for can keep a server busy long after the sessions closed (ten students in free
-play: 0.3 cores for 30 s and more), and memory freed meanwhile should not wait for the end. A quiet second
-is one in which the process used under 5 % of a core: an idle server with ten open pages uses 1 %.
+(compression.metrics.return_freed_memory; nothing happens without glibc) once the process has been quiet
+for PLAYGROUND_TRIM_IDLE_S seconds (default 5) after at least a second of work, and every BUSY_EVERY_S
+(10 s) while work goes on: a class's backlog of reruns and the background curves it asked for can keep a
+server busy long after the sessions closed (ten students in free play: 0.3 cores for 30 s and more), and
+memory freed meanwhile should not wait for the end. A quiet second is one in which the process used
+under 5 % of a core: an idle server with ten open pages uses 1 %.
 
 CPU time rather than Streamlit's script runs: it also sees fragments and background work, and needs
 no hook into Streamlit's runtime. A trim takes milliseconds (95 ms handing back 570 MB of a fragmented
