@@ -13,6 +13,9 @@ def pytest_configure(config):
     # real data folder or database. Tests that need a store of their own set PLAYGROUND_HOME themselves.
     os.environ["PLAYGROUND_HOME"] = tempfile.mkdtemp(prefix="playground-tests-")
     os.environ.pop("PLAYGROUND_DB_URL", None)
+    # No background slider grids (ui/precompute.py) in every test's fresh data folder: tests/test_precompute.py
+    # runs them on purpose.
+    os.environ["PLAYGROUND_PRECOMPUTE"] = "off"
     config.addinivalue_line("markers", "slow: takes tens of seconds (compiles or trains)")
     config.addinivalue_line("markers", "realdata: needs CIFAR10_ROOT pointing at real CIFAR-10")
     config.addinivalue_line("markers", "browser: drives the app in headless Chromium")

@@ -17,16 +17,20 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, Callable, Hashable
 
 import plotly.graph_objects as go
 import streamlit as st
 from torch import nn
 
+from compression.grid import find_grid
 from compression.model_cache import ByteCache, cache_bytes, nbytes
 from compression.prune import FIRST_AND_LAST, importance_scores, prune
 from compression.structured import prune_filters
 from compression.data import ImageSet
+from compression.quantize import FLOAT_FORMATS
+from compression.store_schema import data_home
 from compression.train import evaluate
 
 
@@ -82,13 +86,52 @@ def gradient_scores(variant_id: str, exempt: tuple[str, ...], model: nn.Module, 
                    "Computing ∂L/∂w on a few batches…")
 
 
+def make(position: tuple, model: nn.Module, scores=None) -> nn.Module:
+    """The model a slider position makes of `model` (a copy): ("unstructured", method, scope, exempt,
+    amount) or ("quantized", bits, symmetric, per_channel, a_bits, method) with a_bits None (weights
+    only). The pages' results below and the precomputed grids (ui/precompute.py) both come from here."""
+    kind, *settings = position
+    if kind == "unstructured":
+        method, scope, exempt, amount = settings
+        return prune(model, amount, method, scope, exempt=exempt, scores=scores)
+    if kind == "quantized":
+        from compression.activations import quantize_model, to_reduced_float
+
+        bits, symmetric, per_channel, a_bits, method = settings
+        if bits in FLOAT_FORMATS:
+            return to_reduced_float(model, bits, activations=a_bits is not None)
+        if a_bits:
+            raise ValueError("make() quantizes weights only: activations need calibration images")
+        return quantize_model(model, bits, None, None, symmetric=symmetric, per_channel=per_channel,
+                              a_method=method, batches=2)
+    raise ValueError(f"no slider position of kind {kind!r}")
+
+
+def grid_folder() -> Path:
+    return data_home() / "grids"
+
+
+def _accuracy(variant_id: str, position: tuple, made: nn.Module, eval_set: ImageSet) -> float:
+    """The eval accuracy of `made`, what `position` makes of the variant: from the variant's slider grid
+    on disk when the position was measured before (ui/precompute.py fills the shipped models' grids when
+    the server starts), else measured now."""
+    grid = find_grid(grid_folder(), variant_id, eval_set.fingerprint())
+    known = grid.get(position) if grid is not None else None
+    return known if known is not None else evaluate(made, eval_set).accuracy
+
+
 def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
                  model: nn.Module, eval_set: ImageSet, calib: ImageSet) -> tuple[nn.Module, float]:
     def compute():
-        scores = gradient_scores(variant_id, exempt, model, calib) if method == "gradient" else None
+        if method == "gradient":        # the scores depend on the calibration images: never in a grid
+            scores = gradient_scores(variant_id, exempt, model, calib)
+            with compute_slot():
+                pruned = prune(model, amount, method, scope, exempt=exempt, scores=scores)
+                return pruned, evaluate(pruned, eval_set).accuracy
+        position = ("unstructured", method, scope, exempt, amount)
         with compute_slot():
-            pruned = prune(model, amount, method, scope, exempt=exempt, scores=scores)
-            return pruned, evaluate(pruned, eval_set).accuracy
+            pruned = make(position, model)
+            return pruned, _accuracy(variant_id, position, pruned, eval_set)
     key = ("unstructured", variant_id, method, scope, exempt, amount, eval_set.fingerprint(),
            calib.fingerprint() if method == "gradient" else None)
     return _cached(key, compute)
@@ -143,17 +186,18 @@ def shared_breakdown(variant_id: str, k: int, model: nn.Module) -> list[dict]:
 def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
               model: nn.Module, eval_set: ImageSet, calib: ImageSet) -> tuple[nn.Module, float]:
     """bits: 1..8 or "fp16"/"bf16"; a_bits: None (weights only) or 1..8 (activations calibrated)."""
-    from compression.activations import quantize_model, to_reduced_float
-    from compression.quantize import FLOAT_FORMATS
+    from compression.activations import quantize_model
 
     def compute():
-        with compute_slot():
-            if bits in FLOAT_FORMATS:
-                q_model = to_reduced_float(model, bits, activations=a_bits is not None)
-            else:
-                q_model = quantize_model(model, bits, a_bits, calib if a_bits else None, symmetric=symmetric,
+        if a_bits and bits not in FLOAT_FORMATS:     # activations calibrated on `calib`: never in a grid
+            with compute_slot():
+                q_model = quantize_model(model, bits, a_bits, calib, symmetric=symmetric,
                                          per_channel=per_channel, a_method=method, batches=2)
-            return q_model, evaluate(q_model, eval_set).accuracy
+                return q_model, evaluate(q_model, eval_set).accuracy
+        position = ("quantized", bits, symmetric, per_channel, a_bits, method)
+        with compute_slot():
+            q_model = make(position, model)
+            return q_model, _accuracy(variant_id, position, q_model, eval_set)
     key = ("quantized", variant_id, bits, symmetric, per_channel, a_bits, method, eval_set.fingerprint(),
            calib.fingerprint() if a_bits else None)
     return _cached(key, compute)

@@ -24,7 +24,7 @@ from compression.store_errors import StoreError, WorkspaceTokenError
 from compression.store_schema import Workspace, data_home, database_url
 from compression.variant import Variant
 
-from . import state
+from . import precompute, state
 from .format import plain
 
 PARAM = "ws"
@@ -40,8 +40,8 @@ def server_name() -> str:
 def _open(home: str, url: str) -> Store:
     store = open_store(home, url)
     store.jobs.mark_interrupted(server=server_name())
-    for variant in state.pretrained_variants().values():
-        store.register_pretrained(variant)
+    shipped = {store.register_pretrained(v): v for v in state.pretrained_variants().values()}
+    precompute.start(shipped, state.eval_set())     # their slider grids, in the background (ui/precompute.py)
     return store
 
 
