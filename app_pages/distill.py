@@ -1,9 +1,12 @@
+"""The Distill page. The teacher, the temperature and the sample image rerun only the panel below the
+introduction (a fragment: the softened answer, the student form and its job), never the app's navigation,
+the sidebar or the introduction."""
 import streamlit as st
 
 from compression.data import CLASSES
 from compression.distill import MAX_ENTROPY, entropy, softened_probabilities
 from compression.models import ARCHS
-from ui import charts, jobs, lesson, state, workspace
+from ui import charts, jobs, lesson, safety, state, workspace
 from ui.format import accuracy
 
 
@@ -102,6 +105,12 @@ def distill_page() -> None:
         st.stop()
     lesson.restore("distill", {"distill_T": 4.0, "distill_alpha": 0.9, "distill_image": 0},
                    bounds={"distill_T": (1.0, 20.0), "distill_alpha": (0.0, 1.0), "distill_image": (0, 9)})
+    panel(variants)
+
+
+@safety.fragment(where="The distillation panel")
+def panel(variants: dict) -> None:
+    """Everything the teacher, the temperature and the sample image change; a move reruns only this."""
     teacher, T = teacher_and_temperature(variants)
     softened_answer(teacher, T)
     student_form(variants, teacher, T)

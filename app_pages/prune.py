@@ -1,3 +1,6 @@
+"""The Prune page. A move of its controls reruns only the manual panel (a fragment: controls, figures,
+charts, curves, Keep it), never the app's navigation, the sidebar or the sensitivity section; the layer
+picker reruns only the layer's histogram and mask (a fragment inside it)."""
 import streamlit as st
 
 from compression import structured as S
@@ -6,7 +9,7 @@ from compression.jobs import pruning_curve, sensitivity_curves, structured_curve
 from compression.prune import FIRST_AND_LAST, count_nonzero, layer_sparsity, sparsity
 from compression.schedule import agp_curve
 from compression.views import histogram, layer_names, layer_weight, mask_matrix, weight_range
-from ui import analyses, auto, cached, charts, jobs, lesson, state, workspace
+from ui import analyses, auto, cached, charts, jobs, lesson, safety, state, workspace
 from ui.format import accuracy
 from ui.keep import keep_button
 
@@ -98,19 +101,27 @@ def histogram_chart(model, pruned, layer: str):
                                          after_name=f"after (nonzero; {h_after.zeros:,} zeros)")
 
 
-def layers(model, pruned, structured: bool, move: tuple) -> str:
-    """Per-layer chart and one layer's histogram (each built once per server for `move`, the variant and
-    its settings); returns the layer picked."""
-    names = layer_names(model)
+def layers(model, pruned, structured: bool, criterion: str | None, fraction: float, calib, move: tuple) -> None:
+    """Per-layer chart, then one layer's histogram and which of its weights or filters go (each chart
+    built once per server for `move`, the variant and its settings)."""
     left, right = st.columns(2)
     with left:
         st.plotly_chart(cached.figure((move, "layers"), lambda: per_layer_chart(model, pruned, structured)),
                         key="prune_layers")
-    with right:
+    one_layer(model, pruned, criterion, fraction, calib, move, right, st.container())
+
+
+@safety.fragment(where="The layer view")
+def one_layer(model, pruned, criterion: str | None, fraction: float, calib, move: tuple, top, below) -> None:
+    """The layer picker reruns only this: the picked layer's histogram (in `top`) and mask or filter
+    scores (in `below`)."""
+    names = layer_names(model)
+    with top:
         layer = st.selectbox("Layer to inspect", names, index=min(len(names) - 1, 4), key="prune_layer")
         st.plotly_chart(cached.figure((move, "histogram", layer), lambda: histogram_chart(model, pruned, layer)),
                         key="prune_hist")
-    return layer
+    with below:
+        which_go(model, pruned, layer, criterion, fraction, calib, move)
 
 
 def scores_chart(model, layer: str, criterion: str, ratio: float, calib):
@@ -181,13 +192,21 @@ def sensitivity(variant, data) -> None:
         return
     task = analyses.task(skey)
     if task is not None and task.active:
-        last = task.latest() or {}
-        st.progress(last.get("done", 0) / max(1, last.get("total", 1)), text="Per-layer sensitivity…")
+        sensitivity_progress(skey)
     elif st.button("Compute per-layer sensitivity (about a minute)", icon=":material/monitoring:"):
         model = variant.model
         analyses.start(skey, "sensitivity", lambda t: sensitivity_curves(model, data.eval, t.report,
                                                                          t.should_stop))
         st.rerun()
+
+
+@safety.fragment(run_every=jobs.POLL_S, where="The sensitivity")      # drawn only while it computes
+def sensitivity_progress(skey) -> None:
+    task = analyses.task(skey)
+    if task is None or not task.active:
+        st.rerun(scope="app")       # done: the page draws the curves; the browser drops this timer
+    last = task.latest() or {}
+    st.progress(last.get("done", 0) / max(1, last.get("total", 1)), text="Per-layer sensitivity…")
 
 
 @jobs.live
@@ -210,6 +229,32 @@ def keep_it(variant, pruned, data, technique: str, settings: dict, percent: int)
         finetune_progress()
 
 
+@safety.fragment(where="The pruning panel")
+def manual(variant, data, top, bottom) -> None:
+    """Everything the controls change: the controls (in `top`), figures, charts and curves, then Keep it
+    (in `bottom`). A move reruns only this."""
+    calib = data.train.subset(slice(0, 512), "calibration batches")
+    with top:
+        method, criterion, scope, exempt, percent = controls()
+        model, structured = variant.model, criterion is not None
+        before_acc = cached.accuracy(variant.id, model, data.eval)
+        if structured:     # `ratio`: the fraction of each layer's filters removed
+            ratio = allowed_ratio(model, percent / 100)
+            fraction, technique, settings = ratio, "filter-pruned", {"criterion": criterion, "ratio": ratio}
+        else:              # `amount`: the fraction of the prunable weights set to zero
+            amount = percent / 100
+            fraction, technique = amount, "pruned"
+            settings = {"method": method, "scope": scope, "amount": amount,
+                        "exempt": "first+last" if exempt else "none"}
+        pruned, acc = cached.pruned(variant.id, technique, settings, model, data.eval, calib)
+        headline(model, pruned, acc, before_acc, structured, exempt)
+        move = (variant.id, technique, tuple(sorted(settings.items())))     # what every chart below depends on
+        layers(model, pruned, structured, criterion, fraction, calib, move)
+        curves(variant, data, calib, method, criterion, scope, exempt, fraction, acc)
+    with bottom:
+        keep_it(variant, pruned, data, technique, settings, percent)
+
+
 def prune_page() -> None:
     st.title("Prune")
     variant = workspace.require_current()
@@ -218,27 +263,12 @@ def prune_page() -> None:
                    choices={"prune_method": list(METHODS), "prune_scope": ["global", "layer"],
                             "prune_criterion": list(CRITERIA)}, bounds={"prune_ratio": (0, 99)})
     data = state.data_in_use()
-    if auto.mode("prune") == "Auto":
+    if auto.mode("prune") == "Auto":       # outside the fragment: the switch redraws the whole page
         return auto.prune_mode(variant, data)
-    calib = data.train.subset(slice(0, 512), "calibration batches")
-    method, criterion, scope, exempt, percent = controls()
-    model, structured = variant.model, criterion is not None
-    before_acc = cached.accuracy(variant.id, model, data.eval)
-    if structured:     # `ratio`: the fraction of each layer's filters removed
-        ratio = allowed_ratio(model, percent / 100)
-        fraction, technique, settings = ratio, "filter-pruned", {"criterion": criterion, "ratio": ratio}
-    else:              # `amount`: the fraction of the prunable weights set to zero
-        amount = percent / 100
-        fraction, technique = amount, "pruned"
-        settings = {"method": method, "scope": scope, "amount": amount, "exempt": "first+last" if exempt else "none"}
-    pruned, acc = cached.pruned(variant.id, technique, settings, model, data.eval, calib)
-    headline(model, pruned, acc, before_acc, structured, exempt)
-    move = (variant.id, technique, tuple(sorted(settings.items())))     # what every chart below depends on
-    layer = layers(model, pruned, structured, move)
-    which_go(model, pruned, layer, criterion, fraction, calib, move)
-    curves(variant, data, calib, method, criterion, scope, exempt, fraction, acc)
-    sensitivity(variant, data)
-    keep_it(variant, pruned, data, technique, settings, percent)
+    top, middle, bottom = st.container(), st.container(), st.container()
+    manual(variant, data, top, bottom)
+    with middle:                           # depends on the model in hand only: not rerun by a move
+        sensitivity(variant, data)
 
 
 prune_page()

@@ -1,3 +1,5 @@
+"""The Quantize page. A move of its controls reruns only the manual panel (a fragment: controls, figures,
+charts, the bits curve, Keep it), never the app's navigation, the sidebar or the page's introduction."""
 from dataclasses import dataclass
 
 import streamlit as st
@@ -7,7 +9,7 @@ from compression.jobs import bits_curve
 from compression.quantize import FLOAT_FORMATS, quant_grid
 from compression.views import (distinct_per_channel, distinct_values, histogram, layer_names, layer_weight,
                                weight_range)
-from ui import analyses, auto, cached, charts, jobs, lesson, state, workspace
+from ui import analyses, auto, cached, charts, jobs, lesson, safety, state, workspace
 from ui.format import accuracy, plain
 from ui.keep import keep_button
 
@@ -185,8 +187,14 @@ def quantize_page() -> None:
                             "quantize_calib": list(CALIBRATION_METHODS)},
                    bounds={"quantize_abits": (2, 8)})
     data = state.data_in_use()
-    if auto.mode("quantize") == "Auto":
+    if auto.mode("quantize") == "Auto":       # outside the fragment: the switch redraws the whole page
         return auto.quantize_mode(variant, data)
+    manual(variant, data)
+
+
+@safety.fragment(where="The quantization panel")
+def manual(variant, data) -> None:
+    """Everything the controls change; a move reruns only this."""
     calib = data.train.subset(slice(0, 256), "calibration batches")
     choice = controls()
     model = variant.model

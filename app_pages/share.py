@@ -1,9 +1,11 @@
+"""The Weight sharing page. A move of the clusters slider reruns only the panel below the introduction (a
+fragment), never the app's navigation, the sidebar or the introduction."""
 import streamlit as st
 
 from compression.packed_sizes import packed_summary
 from compression.share import K_CHOICES as CLUSTERS, codebooks
 from compression.views import histogram, layer_names, layer_weight, weight_range
-from ui import cached, charts, jobs, lesson, state, workspace
+from ui import cached, charts, jobs, lesson, safety, state, workspace
 from ui.format import accuracy, kib, ratio
 from ui.keep import keep_button
 
@@ -80,7 +82,12 @@ def share_page() -> None:
     intro()
     variant = workspace.require_current()
     lesson.restore("share", {"share_k": 16}, choices={"share_k": CLUSTERS})
-    data = state.data_in_use()
+    panel(variant, state.data_in_use())
+
+
+@safety.fragment(where="The weight-sharing panel")
+def panel(variant, data) -> None:
+    """Everything the slider changes; a move reruns only this."""
     c1, c2 = st.columns([2, 1])
     k = c1.select_slider("Clusters per layer (k)", CLUSTERS, key="share_k",
                          help="Powers of two: k clusters need log₂ k bits per index.")

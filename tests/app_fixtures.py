@@ -109,3 +109,34 @@ def finished_job(workspace, kind, timeout_s=1800):
 
 def wait_for_job(at, kind, timeout_s=1800):
     return finished_job(my_workspace(at), kind, timeout_s)
+
+
+def fragment_run(at, widget):
+    """Rerun only the fragment that draws `widget` (an AppTest widget, its new value set or clicked), as the
+    browser asks when a widget inside a fragment changed; AppTest's own run() always reruns the whole app.
+    Afterwards `at` holds what that run drew: the fragment's elements, or the whole app where the fragment
+    asked for a full rerun."""
+    import dataclasses
+
+    from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequests
+    from streamlit.testing.v1 import app_test
+
+    fragment_id = at._session_state._state._new_widget_state.widget_metadata[widget.id].fragment_id
+    assert fragment_id, f"{widget.label!r} is not drawn by a fragment"
+
+    class FragmentRunner(app_test.LocalScriptRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._requests = ScriptRequests()     # without the full run a new runner asks for first
+
+        def request_rerun(self, rerun_data):
+            return super().request_rerun(dataclasses.replace(rerun_data, fragment_id=fragment_id))
+
+    plain_runner = app_test.LocalScriptRunner
+    app_test.LocalScriptRunner = FragmentRunner
+    try:
+        at.run()
+    finally:
+        app_test.LocalScriptRunner = plain_runner
+    assert not at.exception, [e.value for e in at.exception]
+    return at

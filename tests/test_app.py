@@ -10,7 +10,7 @@ from compression.models import create_model
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
-from app_fixtures import ROOT, goto, kept, model_in_hand, my_workspace, new_app, pretrained, store, wait_for_job  # noqa: E402,E501
+from app_fixtures import ROOT, fragment_run, goto, kept, model_in_hand, my_workspace, new_app, pretrained, store, wait_for_job  # noqa: E402,E501
 
 
 def metric(at, label):
@@ -64,6 +64,54 @@ def test_keep_adds_a_variant_to_the_table(app):
     kept_row = table.value[table.value["name"].str.contains("pruned 70%")]
     assert len(kept_row) == 1
     assert kept_row["test_accuracy"].isna().all() and table.proto.placeholder == "—"     # not "None"
+
+
+# --- fragments (issue 19): a move reruns only what depends on it --------------------------------------------
+
+def test_a_ratio_move_reruns_only_the_pruning_panel_and_updates_the_link(app):
+    goto(app, "prune")
+    fragment_run(app, app.slider(key="prune_ratio").set_value(80))
+    assert metric(app, "Sparsity (prunable layers)") == "80.0 %"
+    assert not app.title and not app.sidebar.children, "the title and the sidebar were drawn again"
+    assert app.query_params["ratio"] in (["80"], "80"), "the lesson link in the URL follows the move"
+    layer = app.selectbox(key="prune_layer").options[2]
+    fragment_run(app, app.selectbox(key="prune_layer").set_value(layer))
+    assert not app.metric, "the layer picker redrew the figures"
+    assert f"Weights of {layer}" in chart_titles(app) and f"Mask of {layer}: blue = kept, white = pruned" in \
+        chart_titles(app)
+
+
+def test_keeping_from_the_pruning_panel_shows_the_variant_in_the_sidebar(app):
+    goto(app, "prune")
+    fragment_run(app, app.slider(key="prune_ratio").set_value(70))
+    fragment_run(app, next(b for b in app.button if b.label == "Keep this variant").click())
+    assert app.title[0].value == "Prune", "keeping reruns the whole app"
+    name = next(r.name for r in kept(app) if "pruned 70%" in r.name)
+    assert any(f"Kept “{name}”" in s.value for s in app.success)
+    assert any(name in label for label in app.selectbox(key="model_in_hand_select").options)
+
+
+def test_other_panels_rerun_alone(app):
+    for page, widget in (("quantize", lambda: app.select_slider(key="quantize_bits").set_value(4)),
+                         ("share", lambda: app.select_slider(key="share_k").set_value(4)),
+                         ("distill", lambda: app.slider(key="distill_T").set_value(8.0))):
+        goto(app, page)
+        fragment_run(app, widget())
+        assert not app.title and not app.sidebar.children, page
+        assert app.metric, page
+    assert "Teacher's probabilities at T = 8" in chart_titles(app)
+
+
+def test_a_fine_tune_started_in_the_panel_shows_in_the_sidebar_and_its_end_redraws_the_app(app):
+    goto(app, "prune")
+    fragment_run(app, app.slider(key="prune_ratio").set_value(60))
+    fragment_run(app, next(b for b in app.button if b.label.startswith("Fine-tune 1")).click())
+    assert "Running" in [h.value for h in app.sidebar.subheader], "starting a job reruns the whole app"
+    assert wait_for_job(app, "prune_ft").status == "done"
+    fragment_run(app, app.slider(key="prune_ratio").set_value(61))     # a move after the job ended
+    assert app.title and "Running" not in [h.value for h in app.sidebar.subheader], \
+        "the job's poll ended with a full rerun, also when the panel redrew it"
+    assert any("Joined the variants" in s.value for s in app.success)
 
 
 def test_training_one_epoch_on_the_sample_joins_the_table(app):

@@ -143,6 +143,36 @@ def test_pruning_slider_moves_the_numbers(browser, server, shots):
     page.close()
 
 
+def test_a_move_in_the_pruning_panel_updates_the_link_and_a_kept_variant_reaches_the_sidebar(browser, server):
+    """The panel reruns alone (a fragment): the URL still follows the slider, a reload comes back at the
+    same position, and "Keep this variant" redraws the whole app, its sidebar included."""
+    context = browser.new_context(viewport={"width": 1500, "height": 2400})
+    page = context.new_page()
+    page.goto(f"{server}/prune")
+    page.get_by_text("How far can we go?").first.wait_for(timeout=120_000)
+    settle(page)
+    page.get_by_role("slider").first.focus()
+    for _ in range(15):              # 50 % -> 65 %
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Tab")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
+                           ".some(m => m.innerText.includes('Sparsity') && m.innerText.includes('65.0 %'))",
+                           timeout=60_000)
+    settle(page)
+    assert "ratio=65" in page.url and "ws=" in page.url, page.url
+    page.reload()
+    page.get_by_text("How far can we go?").first.wait_for(timeout=120_000)
+    settle(page)
+    assert page.get_by_role("slider").first.get_attribute("aria-valuetext") == "65"
+    page.get_by_role("button", name="Keep this variant").click()
+    page.get_by_text("Kept “").first.wait_for(timeout=120_000)
+    settle(page)
+    no_exceptions(page)
+    page.locator('[data-testid=stSidebar] [data-testid=stSelectbox]').first.click()
+    assert any("pruned 65%" in o for o in page.get_by_role("option").all_inner_texts())
+    context.close()
+
+
 def test_training_starts_and_stops(browser, server, shots):
     page = open_page(browser, f"{server}/train", "Train a model")
     page.get_by_role("button", name="Start training").click()

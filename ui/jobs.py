@@ -96,7 +96,10 @@ def start(kind: str, title: str, task: str, spec: dict, inputs: dict | None = No
     record = workspace.store().jobs.create(workspace.get(), kind, title,
                                            {"task": task, "spec": spec, "inputs": inputs or {}},
                                            server=workspace.server_name())
-    return launch(record)
+    launch(record)
+    if safety.fragment_run():       # started from a page's fragment: the sidebar shows it as running too
+        safety.rerun_app()
+    return record
 
 
 def launch(record: JobRecord) -> JobRecord:
@@ -220,18 +223,27 @@ def training_status(kind: str, what: str, title: str, chart_key: str) -> None:
 
 def live(fn):
     """Decorator: draw `fn` in a fragment that reruns every POLL_S while the workspace has a job waiting
-    or running, and not at all otherwise. Streamlit registers a fragment's run_every on each full run
-    only, so when the job ends the fragment asks for one full rerun: the page redraws with the new
-    variants, and the fragment stops polling."""
+    or running, and not at all otherwise. When the job ends the fragment asks for one full rerun: the page
+    redraws with the new variants, and the browser drops every fragment's timer (it does so on each
+    full run). The fragment may sit inside a page's own fragment, which reruns it without a full run:
+    the session remembers that a timer was started since the last full run, so a live fragment redrawn
+    after its job ended still asks for that full rerun and its timer never outlives the job."""
+    timer = f"_live_timer_{fn.__module__}.{fn.__qualname__}"
+
     @functools.wraps(fn)
     def call(*args, **kwargs):
+        if not safety.fragment_run():
+            st.session_state.pop(timer, None)       # a full run: the browser dropped every timer
         polling = active() is not None
+        if polling:
+            st.session_state[timer] = True
 
         @functools.wraps(fn)
         def body():
             fn(*args, **kwargs)
-            if polling and active() is None:
-                st.rerun()
+            if st.session_state.get(timer) and active() is None:
+                st.session_state.pop(timer, None)
+                st.rerun(scope="app")
 
         return safety.fragment(body, run_every=POLL_S if polling else None)()
     return call

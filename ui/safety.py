@@ -13,6 +13,7 @@ import functools
 import logging
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from compression.data import DataError
 from compression.files import ModelFileError
@@ -62,3 +63,16 @@ def fragment(fn=None, *, run_every=None, where: str = "This part of the page"):
     if fn is None:
         return lambda f: fragment(f, run_every=run_every, where=where)
     return st.fragment(guarded(where)(fn), run_every=run_every)
+
+
+def fragment_run() -> bool:
+    """True while Streamlit reruns one or more fragments alone (a widget inside one moved, or its timer
+    fired); False during a run of the whole app, which also ends every fragment's timer in the browser."""
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
+
+
+def rerun_app() -> None:
+    """Rerun the whole app (sidebar, navigation and page), also from inside a fragment: after something
+    that every part of the page shows (a variant kept, a job started) changed."""
+    st.rerun(scope="app")
