@@ -124,6 +124,7 @@ class Session:
     started: int = 0            # runs started (new_session)
     finished: int = 0           # the run number of the last run that finished
     fragments_now: tuple = ()   # the fragments of the run going on ("": a full run)
+    last_status: int | None = None      # the last script_finished (ForwardMsg.ScriptFinishedStatus)
     frames: int = 0             # ForwardMsgs received
     errors: list = field(default_factory=list)
     unsent: set = field(default_factory=set)             # widget types whose state is not modelled
@@ -203,6 +204,7 @@ class Session:
         elif kind == "page_not_found":
             self._note_error(f"page not found: {msg.page_not_found.page_name}")
         elif kind == "script_finished":
+            self.last_status = msg.script_finished
             if msg.script_finished in FINISHED:
                 fragments = (tuple(msg.metadata.run.fragment_ids) or self.fragments_now
                              if msg.script_finished == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY else ())
@@ -224,9 +226,12 @@ class Session:
 
     def _poll(self, fragment_id: str, interval: float) -> None:
         async def tick() -> None:
-            while True:
-                await asyncio.sleep(max(0.1, interval))
-                await self.rerun(fragment_id, auto=True)
+            try:
+                while True:
+                    await asyncio.sleep(max(0.1, interval))
+                    await self.rerun(fragment_id, auto=True)
+            except websockets.ConnectionClosed:
+                pass
         old = self.pollers.pop(fragment_id, None)
         if old is not None:
             old.cancel()
@@ -410,7 +415,8 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
         "load_average": {"start": round(monitor.load_max(t_load, t_load), 2),
                          "max": round(monitor.load_max(t_load, t_end), 2)},
         "wall_s": round(t_end - t_load, 1),
-        "watch": {"browsers": watch,
+        "moves_by_student": [[round(t, 2) for t in s.moves_s] for s in students],
+        "watch": {"browsers": watch, "moves_by_browser": [[round(t, 2) for t in w.moves_s] for w in watchers],
                   "page_load_s": L.percentiles([w.load_s for w in watchers if w.load_s is not None]),
                   "move_settle_s": L.percentiles([t for w in watchers for t in w.moves_s]),
                   "timeouts": sum(w.timeouts for w in watchers),

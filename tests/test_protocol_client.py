@@ -47,3 +47,50 @@ def test_two_protocol_students_follow_a_lesson_move_without_an_error():
     assert student.metric(P.METRIC) == f"{target}.0 %"
     assert f"ratio={target}" in student.query.split("&"), student.query     # the server's widget state
     assert student.errors == []
+
+
+FRAGMENT_APP = '''
+import streamlit as st
+
+
+def prune():
+    st.checkbox("Outside the fragment", key="outside")
+
+    @st.fragment
+    def part():
+        ratio = st.slider("Pruning ratio (%)", 0, 99, 50, key="prune_ratio")
+        st.metric("Sparsity (prunable layers)", f"{ratio:.1f} %")
+    part()
+
+
+st.navigation([st.Page(lambda: st.write("home"), title="Home", default=True),
+               st.Page(prune, title="Prune", url_path="prune")]).run()
+'''
+
+
+def test_a_slider_in_a_fragment_is_moved_by_a_fragment_run():
+    """The slider's delta carries its fragment's id; the move sends it, so the server reruns only the
+    fragment, and what lies outside the fragment stays on the page (and in the widget state)."""
+    import protocol_client as P
+    from app_server import start_server, stop_server
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    with tempfile.TemporaryDirectory(prefix="protocol-fragment-") as home:
+        (Path(home) / "app.py").write_text(FRAGMENT_APP)
+        proc, base = start_server(Path(home), app_dir=Path(home))
+        try:
+            async def student() -> P.Session:
+                s = P.Session(0, base)
+                await s.open(60)
+                await s.move(70, 60)
+                await s.close()
+                return s
+            s = asyncio.run(student())
+        finally:
+            stop_server(proc)
+    slider = s.widget(P.SLIDER_KEY)
+    assert slider is not None and slider.fragment, "the slider's delta names its fragment"
+    assert s.moves_s and s.metric(P.METRIC) == "70.0 %" and s.errors == [], s.errors
+    assert s.last_status == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY
+    assert s.widget("outside") is not None, "a fragment run keeps the elements outside the fragment"
+    assert list(s.widgets[slider.el.id].double_array_value.data) == [70.0]
