@@ -1,5 +1,5 @@
-"""Two students without a browser, through bench/protocol_client.py's own code: each a Streamlit session over
-the websocket on a real server, opening the Prune page's lesson link and following one lesson move.
+"""Two students without a browser, through the bench's own code (bench/protocol_client.py, st_session.py):
+each a Streamlit session over the websocket on a real server, opening the Prune page's lesson link and following one lesson move.
 Every page loads, the move settles at the lesson's position (the metric reads it after a finished run, and
 the server's own URL for the session, mirrored from its widget state, carries it), no errors. Timings are
 the bench's business (docs/LOAD.md), not this test's."""
@@ -19,6 +19,7 @@ SESSIONS = 2
 
 def test_two_protocol_students_follow_a_lesson_move_without_an_error():
     import protocol_client as P
+    import st_session as S
     from app_server import TreeMonitor, start_server, stop_server
 
     target = P.L.LESSON[0]
@@ -29,8 +30,8 @@ def test_two_protocol_students_follow_a_lesson_move_without_an_error():
             row = asyncio.run(P.run_class(base, monitor, SESSIONS, "lesson", 1, load_timeout_s=240,
                                           move_timeout_s=180, idle_s=2, after_s=0, think_s=0))
 
-            async def one_more() -> P.Session:
-                student = P.Session(SESSIONS, base)
+            async def one_more() -> S.Session:
+                student = S.Session(SESSIONS, base)
                 await student.open(240)
                 await student.move(target, 180)
                 await student.close()
@@ -44,7 +45,7 @@ def test_two_protocol_students_follow_a_lesson_move_without_an_error():
     assert row["page_load_s"]["n"] == SESSIONS and row["move_settle_s"]["n"] == SESSIONS, row
     assert row["widget_types_not_sent"] == [], "every widget on the page sends its state, as the browser's"
     assert student.load_s is not None and len(student.moves_s) == 1, student.errors
-    assert student.metric(P.METRIC) == f"{target}.0 %"
+    assert student.metric(S.METRIC) == f"{target}.0 %"
     assert f"ratio={target}" in student.query.split("&"), student.query     # the server's widget state
     assert student.errors == []
 
@@ -71,7 +72,7 @@ st.navigation([st.Page(lambda: st.write("home"), title="Home", default=True),
 def test_a_slider_in_a_fragment_is_moved_by_a_fragment_run():
     """The slider's delta carries its fragment's id; the move sends it, so the server reruns only the
     fragment, and what lies outside the fragment stays on the page (and in the widget state)."""
-    import protocol_client as P
+    import st_session as S
     from app_server import start_server, stop_server
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
@@ -79,8 +80,8 @@ def test_a_slider_in_a_fragment_is_moved_by_a_fragment_run():
         (Path(home) / "app.py").write_text(FRAGMENT_APP)
         proc, base = start_server(Path(home), app_dir=Path(home))
         try:
-            async def student() -> P.Session:
-                s = P.Session(0, base)
+            async def student() -> S.Session:
+                s = S.Session(0, base)
                 await s.open(60)
                 await s.move(70, 60)
                 await s.close()
@@ -88,9 +89,9 @@ def test_a_slider_in_a_fragment_is_moved_by_a_fragment_run():
             s = asyncio.run(student())
         finally:
             stop_server(proc)
-    slider = s.widget(P.SLIDER_KEY)
+    slider = s.widget(S.SLIDER_KEY)
     assert slider is not None and slider.fragment, "the slider's delta names its fragment"
-    assert s.moves_s and s.metric(P.METRIC) == "70.0 %" and s.errors == [], s.errors
+    assert s.moves_s and s.metric(S.METRIC) == "70.0 %" and s.errors == [], s.errors
     assert s.last_status == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY
     assert s.widget("outside") is not None, "a fragment run keeps the elements outside the fragment"
     assert list(s.widgets[slider.el.id].double_array_value.data) == [70.0]
