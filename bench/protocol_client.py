@@ -19,8 +19,11 @@ saves the first one's full page after the moves:
     python bench/protocol_client.py --sessions 1 5 10 20 30 --mode lesson free --moves 5 \
         --out out/protocol.json --watch 1 --screenshots out/protocol
 
-One fresh server per mode and variant (`--variant` as class_load's). Traffic goes to 127.0.0.1 only;
-every wait is bounded (load and move timeouts as class_load's).
+One fresh server per mode and variant (`--variant` as class_load's), every class size in turn on it, so
+a lesson's positions computed by a smaller class are cached for the larger ones, as in class_load;
+`--fresh` starts one per class size instead (a class of 30 that meets a server which has computed nothing
+but the first visit's page). Traffic goes to 127.0.0.1 only; every wait is bounded (load and move
+timeouts as class_load's).
 """
 from __future__ import annotations
 
@@ -167,8 +170,8 @@ def warm_up(base: str, monitor: TreeMonitor, timeout_s: float) -> dict:
 
 # --- the command -----------------------------------------------------------------------------------------
 
-def run_variant(label: str, options: dict[str, str], mode: str, args) -> list[dict]:
-    """One fresh server with these options (class_load's variants) for one mode; every class size on it."""
+def run_variant(label: str, options: dict[str, str], mode: str, sizes: list[int], args) -> list[dict]:
+    """One fresh server with these options (class_load's variants) for one mode; these class sizes on it."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="protocol-load-") as home:
         t_start = time.time()
@@ -183,7 +186,7 @@ def run_variant(label: str, options: dict[str, str], mode: str, args) -> list[di
             if int(options.get("jobs", 0)):
                 warm["jobs_started"] = asyncio.run(L.start_jobs(base, int(options["jobs"]), args.load_timeout))
                 time.sleep(10)
-            for n in args.sessions:
+            for n in sizes:
                 shot = (Path(args.screenshots) / f"prune-{label}-protocol-{mode}-{n}.png"
                         if args.screenshots and args.watch else None)
                 row = asyncio.run(run_class(base, monitor, n, mode, args.moves, load_timeout_s=args.load_timeout,
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--idle", type=float, default=10, help="seconds every session sits idle before moving")
     p.add_argument("--after", type=float, default=30, help="seconds measured after all sessions closed")
     p.add_argument("--think", type=float, default=1.0, help="seconds between a student's moves")
+    p.add_argument("--fresh", action="store_true",
+                   help="a fresh server for every class size: no class meets positions an earlier one computed")
     p.add_argument("--watch", type=int, default=0, help="Chromium students (class_load's) alongside")
     p.add_argument("--screenshots", help="folder for a full-page screenshot of the first watching browser")
     p.add_argument("--out", help="write the rows as JSON here")
@@ -222,8 +227,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(f"sessions 1..{MAX_SESSIONS}, moves 0..{len(L.LESSON)}, watch 0..{L.MAX_SESSIONS}")
     if args.screenshots:
         Path(args.screenshots).mkdir(parents=True, exist_ok=True)
-    rows = [row for mode in args.mode for text in (args.variant or ["app config="])
-            for row in run_variant(*L.parse_variant(text), mode, args)]
+    groups = [[n] for n in args.sessions] if args.fresh else [args.sessions]
+    rows = [row for mode in args.mode for text in (args.variant or ["app config="]) for sizes in groups
+            for row in run_variant(*L.parse_variant(text), mode, sizes, args)]
     command = "python bench/protocol_client.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
