@@ -243,7 +243,8 @@ class Session:
         while not (self.finished > after_run and self.metric(METRIC) == want):
             left = end - time.monotonic()
             if left <= 0:
-                print(f"student {self.index}: not settled at {target} (shows {self.metric(METRIC)})",
+                print(f"student {self.index}: not settled at {target} in {timeout_s:.0f} s (shows "
+                      f"{self.metric(METRIC)}, {'no run finished since' if self.finished <= after_run else 'a run finished'})",
                       file=sys.stderr)
                 return False
             self.changed.clear()
