@@ -161,8 +161,9 @@ class Session:
         kind = msg.WhichOneof("type")
         if kind == "new_session":
             self.started += 1
-            self.page_hash = msg.new_session.page_script_hash
             self.fragments_now = tuple(msg.metadata.run.fragment_ids)
+            if not self.fragments_now:      # a fragment run names the main script: keep the page
+                self.page_hash = msg.new_session.page_script_hash
         elif kind == "navigation":          # st.navigation: the page that ran (new_session names app.py)
             self.page_hash = msg.navigation.page_script_hash or self.page_hash
         elif kind == "delta":

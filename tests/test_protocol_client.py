@@ -83,7 +83,11 @@ def test_a_slider_in_a_fragment_is_moved_by_a_fragment_run():
             async def student() -> S.Session:
                 s = S.Session(0, base)
                 await s.open(60)
-                await s.move(70, 60)
+                await s.move(30, 60)
+                await s.move(70, 60)          # the second move reruns the same page's fragment
+                s.move_status, asked = s.last_status, s.started
+                await s.rerun()               # a full rerun after fragment runs: still the Prune page
+                s.full_rerun_settled = await s.until(70, asked, 60)
                 await s.close()
                 return s
             s = asyncio.run(student())
@@ -91,7 +95,8 @@ def test_a_slider_in_a_fragment_is_moved_by_a_fragment_run():
             stop_server(proc)
     slider = s.widget(S.SLIDER_KEY)
     assert slider is not None and slider.fragment, "the slider's delta names its fragment"
-    assert s.moves_s and s.metric(S.METRIC) == "70.0 %" and s.errors == [], s.errors
-    assert s.last_status == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY
+    assert len(s.moves_s) == 2 and s.metric(S.METRIC) == "70.0 %" and s.errors == [], s.errors
+    assert s.move_status == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY
     assert s.widget("outside") is not None, "a fragment run keeps the elements outside the fragment"
+    assert s.full_rerun_settled, "a full rerun after fragment runs names the page that ran, not app.py"
     assert list(s.widgets[slider.el.id].double_array_value.data) == [70.0]
