@@ -19,7 +19,9 @@ def main() -> None:
 
     st.set_page_config(page_title="Model Compression Playground", page_icon=":material/compress:", layout="wide")
 
-    from ui import safety, sidebar, workspace   # after set_page_config, which must come first
+    from ui import memory, safety, sidebar, workspace   # after set_page_config, which must come first
+
+    memory.trim_when_idle()      # give a class's memory back once the server is quiet (ui/memory.py)
 
     pages = [
         st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", default=True),

@@ -70,6 +70,24 @@ def keep_freed_memory() -> bool:
     return _memory_kept
 
 
+def return_freed_memory() -> bool:
+    """Hand the memory that glibc's malloc keeps after frees back to the OS (`malloc_trim(0)`: every
+    arena, and the free pages inside the heaps, not just their tops). True when memory was returned;
+    False when none was or where there is no glibc (macOS, Windows, musl): nothing happens there.
+
+    A server calls it when it goes idle (ui/memory.py): glibc keeps each arena's high-water mark, so
+    after a class the process would stay as large as at its peak."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(malloc_trim(0))
+
+
 @torch.no_grad()
 def latency_ms(model: nn.Module, batch_size: int, repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of one forward pass at `batch_size` on the CPU, in milliseconds."""

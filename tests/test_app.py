@@ -223,6 +223,7 @@ def test_temperature_raises_the_entropy_of_the_teachers_answer(app):
 def test_clusters_slider_bounds_the_distinct_values(app):
     from compression.views import distinct_values, layer_names
     from ui import cached
+    from ui.state import eval_set
 
     from compression.packed import pack_model
     from ui.format import kib
@@ -232,7 +233,7 @@ def test_clusters_slider_bounds_the_distinct_values(app):
         app.select_slider(key="share_k").set_value(k).run()
         assert not app.exception
         variant_id = app.session_state["current"]
-        shared, _ = cached.shared(variant_id, k, model_in_hand(app), None)
+        shared, _ = cached.shared(variant_id, k, model_in_hand(app), eval_set())
         for name in layer_names(shared):
             assert distinct_values(shared, name) <= k + 1     # k centroids, and zero if pruned
         assert metric(app, "Packed size") == kib(len(pack_model(shared)))

@@ -1,8 +1,8 @@
 """ui.cached.figure: a chart is built once per server for its key, shared, and the cache holds at most
 its bound in bytes (the figures' JSON), least recently used out first."""
 import plotly.graph_objects as go
-from cachetools import LRUCache
 
+from compression.model_cache import ByteCache
 from ui import cached
 
 
@@ -11,7 +11,7 @@ def bars(n: int) -> go.Figure:
 
 
 def test_a_key_is_built_once_and_every_caller_gets_the_same_figure(monkeypatch):
-    monkeypatch.setattr(cached, "_figures", LRUCache(maxsize=2**20, getsizeof=lambda e: e[1]))
+    monkeypatch.setattr(cached, "_figures", ByteCache(2**20, cached._figures.sizeof))
     builds = []
     first = cached.figure(("v1", "pruned", 0.7, "layers"), lambda: builds.append(1) or bars(3))
     again = cached.figure(("v1", "pruned", 0.7, "layers"), lambda: builds.append(1) or bars(3))
@@ -22,10 +22,10 @@ def test_a_key_is_built_once_and_every_caller_gets_the_same_figure(monkeypatch):
 
 def test_the_cache_is_bounded_by_the_bytes_of_its_figures(monkeypatch):
     size = len(bars(50).to_json())
-    monkeypatch.setattr(cached, "_figures", LRUCache(maxsize=2 * size + size // 2, getsizeof=lambda e: e[1]))
+    monkeypatch.setattr(cached, "_figures", ByteCache(2 * size + size // 2, cached._figures.sizeof))
     for i in range(3):
         cached.figure(i, lambda: bars(50))
-    assert list(cached._figures.keys()) == [1, 2] and cached._figures.currsize == 2 * size
+    assert cached._figures.keys() == [1, 2] and cached._figures.total_bytes == 2 * size
     huge = cached.figure("huge", lambda: bars(5000))           # larger than the whole bound: drawn, not kept
     assert len(huge.data[0].x) == 5000 and "huge" not in cached._figures
 

@@ -1,9 +1,11 @@
-"""Results the pages ask for again and again, cached by what they depend on.
+"""Results the pages ask for again and again, cached for the server by what they depend on.
 
-Models are keyed by variant id (a variant's model never changes) and passed as `_model` so Streamlit
-does not try to hash them. Cached models are shared: copy before modifying (the library always does).
-Charts too (`figure`): a class in a lesson moves to the same positions, and each position's charts are
-built once for the server, not once per student.
+Slider results (a pruned, quantized or clustered model with its accuracy, and what is drawn from it) are
+keyed by variant id (a variant's model never changes), every setting, and the fingerprints of the data
+sets they used (ImageSet.fingerprint: full CIFAR-10 and the bundled sample never share an entry), in one
+cache bounded by bytes (PLAYGROUND_SLIDER_CACHE_MB, see _bound). Cached models are shared: copy before
+modifying (the library always does). Charts too (`figure`): a class in a lesson moves to the same
+positions, and each position's charts are built once for the server, not once per student.
 
 What is computed here runs in `compute_slot()`: at most PLAYGROUND_COMPUTE_SLOTS computations at once for
 the whole server (default 1), the others wait their turn. Each script run is a thread, and each thread
@@ -14,14 +16,14 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
-from typing import Callable, Hashable
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Hashable
 
 import plotly.graph_objects as go
 import streamlit as st
-from cachetools import LRUCache
 from torch import nn
 
+from compression.model_cache import ByteCache, cache_bytes, nbytes
 from compression.prune import FIRST_AND_LAST, importance_scores, prune
 from compression.structured import prune_filters
 from compression.data import ImageSet
@@ -49,27 +51,57 @@ def compute_slot():
             _holding.slot = False
 
 
-@st.cache_resource(max_entries=8, show_spinner="Computing ∂L/∂w on a few batches…")
-def gradient_scores(variant_id: str, exempt: tuple[str, ...], _model: nn.Module, _data: ImageSet):
-    with compute_slot():
-        return importance_scores(_model, "gradient", exempt, _data)
+def _bound() -> int:
+    """PLAYGROUND_SLIDER_CACHE_MB in bytes. The default, 64 MB: a result weighs what nbytes counts, mostly
+    its model: a pruned resnet20 keeps weights, masks and masked weights (3.3 MB), a quantized or clustered
+    one 1.2 MB, a resnet8 a quarter of that. So 64 MB holds about 20 pruned or 50 quantized resnet20
+    positions: more than a lesson visits on one page, while a move elsewhere costs one evaluation
+    (a fraction of a second). With the figures' 64 MB, what a class leaves behind stays within 20 % of a
+    warm server's 600–700 MB (issue 19's goal for memory 30 s after the sessions close); a server with
+    memory to spare can raise it."""
+    return cache_bytes("PLAYGROUND_SLIDER_CACHE_MB", 64)
 
 
-@st.cache_resource(max_entries=48, show_spinner=COMPUTING)
+_results = ByteCache(_bound(), nbytes)
+
+
+def _cached(key: tuple, compute: Callable[[], Any], spinner: str | None = COMPUTING) -> Any:
+    """`compute()`'s result for `key`, once per server and shared by every session: `key` names everything
+    the result depends on (what is computed, the variant id, every setting, the fingerprints of the data
+    sets used). Same-key requests at once compute once, the others wait; the page shows `spinner` meanwhile
+    (not on a hit). At most PLAYGROUND_SLIDER_CACHE_MB of results (see _bound), least recently used out
+    first."""
+    return _results.get(key, compute, lambda: st.spinner(spinner) if spinner else nullcontext())
+
+
+def gradient_scores(variant_id: str, exempt: tuple[str, ...], model: nn.Module, data: ImageSet):
+    def compute():
+        with compute_slot():
+            return importance_scores(model, "gradient", exempt, data)
+    return _cached(("gradient", variant_id, exempt, data.fingerprint()), compute,
+                   "Computing ∂L/∂w on a few batches…")
+
+
 def unstructured(variant_id: str, method: str, scope: str, exempt: tuple[str, ...], amount: float,
-                 _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
-    scores = gradient_scores(variant_id, exempt, _model, _calib) if method == "gradient" else None
-    with compute_slot():
-        pruned = prune(_model, amount, method, scope, exempt=exempt, scores=scores)
-        return pruned, evaluate(pruned, _eval).accuracy
+                 model: nn.Module, eval_set: ImageSet, calib: ImageSet) -> tuple[nn.Module, float]:
+    def compute():
+        scores = gradient_scores(variant_id, exempt, model, calib) if method == "gradient" else None
+        with compute_slot():
+            pruned = prune(model, amount, method, scope, exempt=exempt, scores=scores)
+            return pruned, evaluate(pruned, eval_set).accuracy
+    key = ("unstructured", variant_id, method, scope, exempt, amount, eval_set.fingerprint(),
+           calib.fingerprint() if method == "gradient" else None)
+    return _cached(key, compute)
 
 
-@st.cache_resource(max_entries=24, show_spinner=COMPUTING)
-def structured(variant_id: str, criterion: str, ratio: float, _model: nn.Module, _eval: ImageSet,
-               _calib: ImageSet) -> tuple[nn.Module, float]:
-    with compute_slot():
-        pruned = prune_filters(_model, ratio, criterion, calib=_calib)
-        return pruned, evaluate(pruned, _eval).accuracy
+def structured(variant_id: str, criterion: str, ratio: float, model: nn.Module, eval_set: ImageSet,
+               calib: ImageSet) -> tuple[nn.Module, float]:
+    def compute():
+        with compute_slot():
+            pruned = prune_filters(model, ratio, criterion, calib=calib)
+            return pruned, evaluate(pruned, eval_set).accuracy
+    return _cached(("structured", variant_id, criterion, ratio, eval_set.fingerprint(), calib.fingerprint()),
+                   compute)
 
 
 def pruned(variant_id: str, technique: str, settings: dict, model: nn.Module, eval_set: ImageSet,
@@ -83,58 +115,62 @@ def pruned(variant_id: str, technique: str, settings: dict, model: nn.Module, ev
                         eval_set, calib)
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
-def accuracy(variant_id: str, _model: nn.Module, _eval: ImageSet) -> float:
-    with compute_slot():
-        return evaluate(_model, _eval).accuracy
+def accuracy(variant_id: str, model: nn.Module, eval_set: ImageSet) -> float:
+    def compute():
+        with compute_slot():
+            return evaluate(model, eval_set).accuracy
+    return _cached(("accuracy", variant_id, eval_set.fingerprint()), compute, spinner=None)
 
 
-@st.cache_resource(max_entries=24, show_spinner=COMPUTING)
-def shared(variant_id: str, k: int, _model: nn.Module, _eval: ImageSet) -> tuple[nn.Module, float]:
+def shared(variant_id: str, k: int, model: nn.Module, eval_set: ImageSet) -> tuple[nn.Module, float]:
     from compression.share import cluster_weights
 
-    with compute_slot():
-        model = cluster_weights(_model, k)
-        return model, evaluate(model, _eval).accuracy
+    def compute():
+        with compute_slot():
+            clustered = cluster_weights(model, k)
+            return clustered, evaluate(clustered, eval_set).accuracy
+    return _cached(("shared", variant_id, k, eval_set.fingerprint()), compute)
 
 
-@st.cache_resource(max_entries=24, show_spinner=False)
-def shared_breakdown(variant_id: str, k: int, _model: nn.Module) -> list[dict]:
+def shared_breakdown(variant_id: str, k: int, model: nn.Module) -> list[dict]:
     """Where the packed file of `shared(variant_id, k)` spends its bytes, per layer (packing it runs the
     Huffman coder over every index: too slow to repeat on every rerun)."""
     from compression.packed_sizes import packed_breakdown
 
-    return packed_breakdown(_model)
+    return _cached(("breakdown", variant_id, k), lambda: packed_breakdown(model), spinner=None)
 
 
-@st.cache_resource(max_entries=32, show_spinner=COMPUTING)
 def quantized(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
-              _model: nn.Module, _eval: ImageSet, _calib: ImageSet) -> tuple[nn.Module, float]:
+              model: nn.Module, eval_set: ImageSet, calib: ImageSet) -> tuple[nn.Module, float]:
     """bits: 1..8 or "fp16"/"bf16"; a_bits: None (weights only) or 1..8 (activations calibrated)."""
     from compression.activations import quantize_model, to_reduced_float
     from compression.quantize import FLOAT_FORMATS
 
-    with compute_slot():
-        if bits in FLOAT_FORMATS:
-            model = to_reduced_float(_model, bits, activations=a_bits is not None)
-        else:
-            model = quantize_model(_model, bits, a_bits, _calib if a_bits else None, symmetric=symmetric,
-                                   per_channel=per_channel, a_method=method, batches=2)
-        return model, evaluate(model, _eval).accuracy
+    def compute():
+        with compute_slot():
+            if bits in FLOAT_FORMATS:
+                q_model = to_reduced_float(model, bits, activations=a_bits is not None)
+            else:
+                q_model = quantize_model(model, bits, a_bits, calib if a_bits else None, symmetric=symmetric,
+                                         per_channel=per_channel, a_method=method, batches=2)
+            return q_model, evaluate(q_model, eval_set).accuracy
+    key = ("quantized", variant_id, bits, symmetric, per_channel, a_bits, method, eval_set.fingerprint(),
+           calib.fingerprint() if a_bits else None)
+    return _cached(key, compute)
 
 
-@st.cache_resource(max_entries=32, show_spinner=False)
 def quant_errors(variant_id: str, bits, symmetric: bool, per_channel: bool, a_bits, method: str,
-                 _model: nn.Module, _quantized: nn.Module) -> dict[str, dict[str, float]]:
-    """views.layer_quant_error of `quantized(...)` with the same settings, once per server."""
+                 model: nn.Module, q_model: nn.Module) -> dict[str, dict[str, float]]:
+    """views.layer_quant_error of `quantized(...)` with the same settings, once per server (the weights'
+    rounding does not depend on the calibration data)."""
     from compression.views import layer_quant_error
 
-    return layer_quant_error(_model, _quantized)
+    return _cached(("quant_errors", variant_id, bits, symmetric, per_channel, a_bits, method),
+                   lambda: layer_quant_error(model, q_model), spinner=None)
 
 
-FIGURE_CACHE_MB = float(os.environ.get("PLAYGROUND_FIGURE_CACHE_MB") or 64)
-_figures: LRUCache = LRUCache(maxsize=int(FIGURE_CACHE_MB * 2**20), getsizeof=lambda entry: entry[1])
-_figures_lock = threading.Lock()
+_figures = ByteCache(cache_bytes("PLAYGROUND_FIGURE_CACHE_MB", 64),
+                     lambda fig: len(fig.to_json()) if fig is not None else 0)
 
 
 def figure(key: Hashable, build: Callable[[], go.Figure | None]) -> go.Figure | None:
@@ -143,13 +179,4 @@ def figure(key: Hashable, build: Callable[[], go.Figure | None]) -> go.Figure | 
     weighs the length of its JSON (what Streamlit sends; the numbers it holds are about as large), at
     most PLAYGROUND_FIGURE_CACHE_MB in all (default 64), least recently used out first. Never modify
     the figure returned: other sessions draw it too."""
-    with _figures_lock:
-        entry = _figures.get(key)
-    if entry is not None:
-        return entry[0]
-    fig = build()                        # None (nothing to draw) is kept too
-    size = len(fig.to_json()) if fig is not None else 0
-    with _figures_lock:
-        if size <= _figures.maxsize:
-            _figures[key] = (fig, size)
-    return fig
+    return _figures.get(key, build)             # None (nothing to draw) is kept too

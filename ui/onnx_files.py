@@ -13,13 +13,10 @@ without PyTorch, the check of both files in ONNX Runtime against the model in Py
 """
 from __future__ import annotations
 
-import os
-import threading
-
 import streamlit as st
-from cachetools import LRUCache
 
 from compression.files import ModelFileError
+from compression.model_cache import ByteCache, cache_bytes
 from compression.jobs import ONNX_FORMATS, check_onnx_files, onnx_file
 from compression.export import variant_metadata
 from compression.variant import file_stem
@@ -27,33 +24,21 @@ from compression.variant import file_stem
 from . import analyses, safety, workspace
 from .format import accuracy, kib, plain
 
-CACHE_MB = float(os.environ.get("PLAYGROUND_ONNX_CACHE_MB") or 64)
 POLL_S = 1.0
 EXTENSION = {"fp32": "onnx", "int8": "int8.onnx"}
-_files: LRUCache = LRUCache(maxsize=int(CACHE_MB * 2**20), getsizeof=len)
-_lock = threading.Lock()
+_files = ByteCache(cache_bytes("PLAYGROUND_ONNX_CACHE_MB", 64), len)
 
 
 def cache_key(variant_id: str, fmt: str, calib) -> tuple:
     return (variant_id, fmt, calib.name, len(calib))
 
 
-def keep_file(key: tuple, data: bytes) -> None:
-    with _lock:
-        if len(data) <= _files.maxsize:
-            _files[key] = data
-
-
 def offered(variant_id: str, fmt: str, calib) -> bytes:
     """The .onnx file the download button sends: the cached one (the file the check measured), else made now."""
-    key = cache_key(variant_id, fmt, calib)
-    with _lock:
-        data = _files.get(key)
-    if data is None:
+    def make() -> bytes:
         variant = workspace.variant(variant_id)
-        data = onnx_file(variant.model, fmt, calib, variant_metadata(variant))
-        keep_file(key, data)
-    return data
+        return onnx_file(variant.model, fmt, calib, variant_metadata(variant))
+    return _files.get(cache_key(variant_id, fmt, calib), make)
 
 
 def check_key(variant_id: str, calib) -> tuple:
@@ -87,7 +72,7 @@ def start_check(variant_id: str, data) -> None:
     variant, calib = workspace.variant(variant_id), data.train
     analyses.start(check_key(variant_id, calib), f"ONNX check {variant_id}", lambda task: check_onnx_files(
         variant, data.eval, calib, task.report, task.should_stop,
-        keep=lambda fmt, blob: keep_file(cache_key(variant_id, fmt, calib), blob)))
+        keep=lambda fmt, blob: _files.put(cache_key(variant_id, fmt, calib), blob)))
 
 
 def check_status(variant_id: str, data) -> None:
