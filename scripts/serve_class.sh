@@ -8,11 +8,12 @@
 # Environment: PLAYGROUND_HOME (the one data folder every process shares; default as the app's),
 # PLAYGROUND_DB_URL (PostgreSQL instead of SQLite), PLAYGROUND_SCHEDULER (a cluster of your own: then no
 # scheduler or worker is started here), WORKERS (local Dask worker processes, default 1), LISTEN (nginx's
-# address, default 127.0.0.1; 0.0.0.0 for a classroom), RUN_DIR (logs and nginx.conf, default a new
+# address, default 127.0.0.1; 0.0.0.0 for a classroom), APP_PORT0 (the app processes listen on
+# APP_PORT0+1 … APP_PORT0+K, default 8600), RUN_DIR (logs and nginx.conf, default a new
 # temporary folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-K="${1:-2}" PORT="${2:-8600}"
+K="${1:-2}" PORT="${2:-8600}" APP_PORT0="${APP_PORT0:-8600}"
 RUN_DIR="${RUN_DIR:-$(mktemp -d /tmp/playground-class.XXXXXX)}"
 mkdir -p "$RUN_DIR"
 PIDS=()
@@ -30,11 +31,11 @@ fi
 
 SERVERS=""
 for i in $(seq 1 "$K"); do
-  APP_PORT=$((8600 + i))
+  APP_PORT=$((APP_PORT0 + i))
   MALLOC_ARENA_MAX=2 PYTHONUNBUFFERED=1 python3 -m streamlit run app.py --server.headless true \
     --server.address 127.0.0.1 --server.port "$APP_PORT" --server.fileWatcherType none \
     >"$RUN_DIR/app-$APP_PORT.log" 2>&1 & PIDS+=($!)
-  SERVERS="$SERVERS    server 127.0.0.1:$APP_PORT max_fails=1 fail_timeout=10s;
+  SERVERS="$SERVERS    server 127.0.0.1:$APP_PORT max_fails=0;   # a rejected request never takes a process out for everyone
 "
 done
 
@@ -69,7 +70,7 @@ $SERVERS  }
       proxy_set_header X-Forwarded-For \$remote_addr;   # the visitor's own address (replaced, never appended)
       proxy_set_header X-Forwarded-Proto \$scheme;
       proxy_read_timeout 1d; proxy_send_timeout 1d;     # a quiet websocket stays open through a lesson
-      proxy_buffering off;
+      proxy_buffering off; proxy_request_buffering off;   # no temporary files: uploads and downloads stream
       add_header Set-Cookie \$sticky_cookie;
       add_header X-Playground-Backend \$upstream_addr;  # which process answered (for checks)
     }
@@ -80,8 +81,8 @@ nginx -t -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR" 2>>"$RUN_DIR/nginx-error.log"
 nginx -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR" & PIDS+=($!)
 
 for i in $(seq 1 "$K"); do            # each answers its health check within two minutes, or all stop
-  for _ in $(seq 240); do curl -sf "http://127.0.0.1:$((8600 + i))/_stcore/health" >/dev/null && break; sleep 0.5; done
-  curl -sf "http://127.0.0.1:$((8600 + i))/_stcore/health" >/dev/null || { echo "app on $((8600 + i)) did not start: $RUN_DIR" >&2; exit 1; }
+  for _ in $(seq 240); do curl -sf "http://127.0.0.1:$((APP_PORT0 + i))/_stcore/health" >/dev/null && break; sleep 0.5; done
+  curl -sf "http://127.0.0.1:$((APP_PORT0 + i))/_stcore/health" >/dev/null || { echo "app on $((APP_PORT0 + i)) did not start: $RUN_DIR" >&2; exit 1; }
 done
 echo "$K app processes behind http://${LISTEN:-127.0.0.1}:$PORT/ (jobs on $PLAYGROUND_SCHEDULER; logs in $RUN_DIR)"
 wait
