@@ -17,7 +17,7 @@ K="${1:-2}" PORT="${2:-8600}" APP_PORT0="${APP_PORT0:-8600}"
 RUN_DIR="${RUN_DIR:-$(mktemp -d /tmp/playground-class.XXXXXX)}"
 mkdir -p "$RUN_DIR"
 PIDS=()
-stop() { trap - EXIT INT TERM; kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+stop() { trap - EXIT INT TERM; kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; exit; }
 trap stop EXIT INT TERM
 
 if [ -z "${PLAYGROUND_SCHEDULER:-}" ]; then      # one engine for every app process, not a LocalCluster each
@@ -29,6 +29,9 @@ if [ -z "${PLAYGROUND_SCHEDULER:-}" ]; then      # one engine for every app proc
   export PLAYGROUND_SCHEDULER="tcp://127.0.0.1:$DASK_PORT"
 fi
 
+# One cookie secret for all: Streamlit signs only st.login's cookies with it (unused here; the XSRF check
+# needs no secret), but its docs ask replicas to share it. From the environment, not the command line.
+export STREAMLIT_SERVER_COOKIE_SECRET="${STREAMLIT_SERVER_COOKIE_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}"
 SERVERS=""
 for i in $(seq 1 "$K"); do
   APP_PORT=$((APP_PORT0 + i))
@@ -49,7 +52,7 @@ http {
   access_log off;
   client_body_temp_path $RUN_DIR/body; proxy_temp_path $RUN_DIR/proxy; fastcgi_temp_path $RUN_DIR/fastcgi;
   uwsgi_temp_path $RUN_DIR/uwsgi; scgi_temp_path $RUN_DIR/scgi;
-  client_max_body_size 200m;                  # Streamlit's own upload limit (server.maxUploadSize)
+  client_max_body_size 100m;                  # the largest upload the app takes (a workspace import)
   map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
   # Sticky by a random id in a cookie of our own: one browser, one app process (its websocket session,
   # its /media downloads and its /_stcore/upload_file uploads live in that process's memory). A browser
