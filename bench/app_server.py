@@ -54,6 +54,23 @@ def start_server(home: Path, options: dict[str, str] | None = None, log: Path | 
     raise RuntimeError(f"streamlit did not answer within {timeout_s:.0f} s (log: {log})")
 
 
+def start_proxied(home: Path, k: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, list[str]]:
+    """scripts/serve_class.sh: K app processes behind nginx, one Dask scheduler and worker (docs/PROXY.md),
+    with PLAYGROUND_HOME=home. Returns (the script's process, the proxy's URL, each app process's URL)
+    once every app process answers; stop_server stops them all."""
+    port, first = free_port(), free_port()          # the app processes on first+1 … first+k
+    env = {**os.environ, "PLAYGROUND_HOME": str(home), "RUN_DIR": str(home / "run"), "DASK_PORT": str(free_port()),
+           "APP_PORT0": str(first), **(env or {})}
+    env.pop("PLAYGROUND_SCHEDULER", None)
+    proc = subprocess.Popen([str(ROOT / "scripts" / "serve_class.sh"), str(k), str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()                   # said once every app process answers (or nothing: failed)
+    if "behind" not in line:
+        stop_server(proc)
+        raise RuntimeError(f"serve_class.sh did not start (logs: {home / 'run'})")
+    return proc, f"http://127.0.0.1:{port}", [f"http://127.0.0.1:{first + i}" for i in range(1, k + 1)]
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

@@ -26,7 +26,8 @@ peak, and 30 s after all sessions closed. The 1-minute load average is sampled w
 (e.g. `--variant gc=runner.postScriptGC=true --variant nogc=runner.postScriptGC=false`), one server per
 variant, so a before/after is one command; `app=DIR` in the list runs the app of another checkout
 (`git archive REV | tar -x -C DIR` makes one) — and keeps edits to this one out of a run; `env.NAME=VALUE` sets an environment
-variable of the server (`env.PLAYGROUND_COMPUTE_SLOTS=0`); `jobs=K` starts
+variable of the server (`env.PLAYGROUND_COMPUTE_SLOTS=0`); `serve=K` runs K app processes behind nginx
+(scripts/serve_class.sh, docs/PROXY.md; each warmed up on its own port first); `jobs=K` starts
 K long training runs (resnet8, 200 epochs on the bundled sample), each from a workspace of its own on the
 Train page, after the warm-up and before the classes, so the class works while the job engine does
 (issue 20: a 10-session lesson's p95 with 2 jobs against the same with none):
@@ -57,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_server import ROOT, TreeMonitor, start_server, stop_server, wait_quiet  # noqa: E402  (bench/ is no package)
+from app_server import ROOT, TreeMonitor, start_proxied, start_server, stop_server, wait_quiet  # noqa: E402  (bench/ is no package)
 
 CHROMIUM = "/usr/bin/chromium"
 LESSON = (70, 30, 90, 60, 80, 40, 20, 95, 10, 75)      # the teacher's positions, in order
@@ -314,14 +315,19 @@ def run_variant(label: str, options: dict[str, str], args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="class-load-") as home:
         app_dir = Path(options.get("app", ROOT))
         t_start = time.time()
-        proc, base = start_server(Path(home), {k: v for k, v in options.items()
-                                               if k not in ("app", "jobs") and not k.startswith("env.")},
-                                  log=Path(home) / "server.log", app_dir=app_dir,
-                                  env={k[4:]: v for k, v in options.items() if k.startswith("env.")})
+        env = {k[4:]: v for k, v in options.items() if k.startswith("env.")}
+        if "serve" in options:          # serve=K: K app processes behind nginx (scripts/serve_class.sh)
+            proc, base, backends = start_proxied(Path(home), int(options["serve"]), env)
+        else:
+            proc, base = start_server(Path(home), {k: v for k, v in options.items()
+                                                   if k not in ("app", "jobs") and not k.startswith("env.")},
+                                      log=Path(home) / "server.log", app_dir=app_dir, env=env)
+            backends = [base]
         start_s = round(time.time() - t_start, 2)
         monitor = TreeMonitor(proc.pid)
         try:
-            warm = {"start_s": start_s, **warm_up(base, monitor, args.load_timeout)}
+            warms = [warm_up(b, monitor, args.load_timeout) for b in backends]     # every app process warm
+            warm = {"start_s": start_s, "first_load_s": warms[0]["first_load_s"], "rss_warm_mb": warms[-1]["rss_warm_mb"]}
             if int(options.get("jobs", 0)):
                 warm["jobs_started"] = asyncio.run(start_jobs(base, int(options["jobs"]), args.load_timeout))
                 time.sleep(10)          # the local cluster has started and the first job is training

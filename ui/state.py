@@ -108,8 +108,9 @@ def folder_policy() -> tuple[bool, list[str] | None]:
 
     PLAYGROUND_DATA_ROOTS unset: visitors on this machine may use any folder, visitors from elsewhere none
     (a server's paths are not theirs to browse); "off": nobody; a list of folders (separated by
-    os.pathsep): everybody, inside those folders only. Behind a reverse proxy every visitor seems local:
-    set PLAYGROUND_DATA_ROOTS there."""
+    os.pathsep): everybody, inside those folders only. Behind a reverse proxy on this machine that does not
+    pass the visitor's address on (X-Forwarded-For, which Streamlit's server trusts from 127.0.0.1) every
+    visitor seems local: set PLAYGROUND_DATA_ROOTS there. scripts/serve_class.sh's nginx passes it on."""
     roots = os.environ.get("PLAYGROUND_DATA_ROOTS")
     if roots is None:
         return visitor_is_local(), None
