@@ -39,6 +39,8 @@ def parse_args():
     p.add_argument("--target", type=float, default=0.80)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-stop", action="store_true", help="train the whole schedule, reporting every epoch")
+    p.add_argument("--progress-every", type=int, default=100, help="print a line every this many steps")
+    p.add_argument("--checkpoint", help="resumable: a file saved at every epoch's end (times then span sittings)")
     p.add_argument("--out", help="write the JSON result here as well (rewritten after every epoch)")
     for field in ("epochs", "lr", "weight_decay", "label_smoothing", "warmup", "momentum"):
         p.add_argument("--" + field.replace("_", "-"), type=float)
@@ -77,8 +79,12 @@ def main():
               "torch": torch.__version__, "load1_start": load1(), "epochs": [], "reached": None}
     eval_s = 0.0
     start = time.perf_counter()
-    events = train(model, train_set, config, events_every=10 ** 9)   # epoch ends only; evaluated here
-    for event in events:
+    events = train(model, train_set, config, events_every=args.progress_every, checkpoint=args.checkpoint)
+    for event in events:                # the loop's own evaluation is off: timed here instead
+        if event.kind == "step":
+            print(f"  step {event.step}/{event.total_steps}  {event.images_per_s:.0f} images/s  load {load1()}",
+                  flush=True)
+            continue
         if event.kind != "epoch":
             continue
         t = time.perf_counter()
