@@ -318,23 +318,15 @@ class EvalResult:
         return asdict(self)
 
 
-EVAL_BATCH = 500          # PyTorch modules: fewer, larger batches (docs/SPEED.md); the logits are bit-identical
-INFERENCE_ONLY_BATCH = 250   # int8 programs compile once per batch size, and have always been compiled at 250
-
-
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int | None = None,
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 250,
                    device: torch.device | str | None = None,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Logits for uint8 images (N, 3, 32, 32), in eval mode, on the model's device.
 
     On the CPU the batch goes in channels-last (NHWC): oneDNN's convolutions run about a third faster
     that way. Every accuracy in the project is computed through here, so all see the same numbers.
-    `batch_size` by default: EVAL_BATCH for a PyTorch module, INFERENCE_ONLY_BATCH for an int8 or ONNX
-    model (models.InferenceOnly). `progress(images done, images in all)` is called after each batch; it
-    may raise to stop early."""
-    if batch_size is None:
-        batch_size = EVAL_BATCH if isinstance(model, nn.Module) else INFERENCE_ONLY_BATCH
+    `progress(images done, images in all)` is called after each batch; it may raise to stop early."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
     with eval_mode(model):
@@ -348,10 +340,10 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int | Non
     return torch.cat(out) if out else torch.empty(0, 10)
 
 
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int | None = None, device=None,
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 250, device=None,
              num_classes: int = 10, progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Accuracy, per-class accuracy, confusion matrix and mean cross-entropy on `data`
-    (`batch_size` and `progress` as in predict_logits)."""
+    (`progress` as in predict_logits)."""
     logits = predict_logits(model, data.images, batch_size, device, progress)
     labels = data.labels.cpu()
     pred = logits.argmax(1)

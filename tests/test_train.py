@@ -168,18 +168,6 @@ def test_shipped_weights_reproduce_their_card(cifar_root, name):
     assert abs(accuracy - card["test_accuracy"]) <= 0.002
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet8"])
-def test_the_default_eval_batch_gives_exactly_the_logits_of_batches_of_250(name):
-    """predict_logits now evaluates PyTorch models in batches of EVAL_BATCH, which is faster (docs/SPEED.md);
-    every accuracy shown or recorded before was computed in batches of 250, and must not move."""
-    from compression.data import eval_subset, load_sample
-    from compression.train import EVAL_BATCH, predict_logits
-    model, _ = load_model(ASSETS / f"{name}.safetensors")
-    images = eval_subset(load_sample(splits=("test",))).images
-    assert EVAL_BATCH != 250
-    assert torch.equal(predict_logits(model, images), predict_logits(model, images, batch_size=250))
-
-
 TARGETS = {"resnet20": 0.90, "resnet8": 0.84}
 
 
