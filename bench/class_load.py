@@ -369,10 +369,9 @@ def markdown_table(rows: list[dict]) -> str:
         f"{r['load_average']['max']} | {r.get('start_s', '—')}, {r.get('first_load_s', '—')} |\n" for r in rows)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def class_options(p: argparse.ArgumentParser) -> None:
+    """The options this bench and bench/protocol_client.py share."""
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 5], help="class sizes, run in turn")
-    p.add_argument("--mode", choices=["lesson", "free"], default="lesson")
     p.add_argument("--moves", type=int, default=5, help=f"moves per student (at most {len(LESSON)})")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTION=VALUE,…",
                    help="a server with these Streamlit options (repeatable; default: the app's config)")
@@ -383,6 +382,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--think", type=float, default=1.0, help="seconds between a student's moves")
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--markdown", help="append the table (with the command and load average) to this file")
+
+
+def write_rows(script: str, argv: list[str] | None, args, rows: list[dict]) -> None:
+    """--out (JSON with the command) and --markdown (the table appended, after the command)."""
+    command = f"python bench/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"command": command, "cpus": os.cpu_count(), "rows": rows}, indent=1))
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(f"\n`{command}` ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})\n\n"
+                    + markdown_table(rows))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=["lesson", "free"], default="lesson")
+    class_options(p)
     p.add_argument("--py-spy", help="folder for a py-spy profile of the server during each class")
     p.add_argument("--screenshots", help="folder for a full-page screenshot of one student after the moves")
     args = p.parse_args(argv)
@@ -391,13 +408,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.screenshots:
         Path(args.screenshots).mkdir(parents=True, exist_ok=True)
     rows = [row for text in (args.variant or ["app config="]) for row in run_variant(*parse_variant(text), args)]
-    command = "python bench/class_load.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    if args.out:
-        Path(args.out).write_text(json.dumps({"command": command, "cpus": os.cpu_count(), "rows": rows}, indent=1))
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(f"\n`{command}` ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})\n\n"
-                    + markdown_table(rows))
+    write_rows("class_load.py", argv, args, rows)
     print(markdown_table(rows))
     return rows
 

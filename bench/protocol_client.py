@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import random
-import shlex
 import sys
 import tempfile
 import time
@@ -204,23 +203,13 @@ def run_variant(label: str, options: dict[str, str], mode: str, sizes: list[int]
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sessions", type=int, nargs="+", default=[1, 5], help="class sizes, run in turn")
     p.add_argument("--mode", choices=["lesson", "free"], nargs="+", default=["lesson"],
                    help="one fresh server per mode (as one class_load command per mode)")
-    p.add_argument("--moves", type=int, default=5, help=f"moves per student (at most {len(L.LESSON)})")
-    p.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTION=VALUE,…",
-                   help="a server with these options, as class_load's --variant (repeatable)")
-    p.add_argument("--load-timeout", type=float, default=240, help="seconds a page may take to settle")
-    p.add_argument("--move-timeout", type=float, default=30, help="seconds a move may take to settle")
-    p.add_argument("--idle", type=float, default=10, help="seconds every session sits idle before moving")
-    p.add_argument("--after", type=float, default=30, help="seconds measured after all sessions closed")
-    p.add_argument("--think", type=float, default=1.0, help="seconds between a student's moves")
+    L.class_options(p)
     p.add_argument("--fresh", action="store_true",
                    help="a fresh server for every class size: no class meets positions an earlier one computed")
     p.add_argument("--watch", type=int, default=0, help="Chromium students (class_load's) alongside")
     p.add_argument("--screenshots", help="folder for a full-page screenshot of the first watching browser")
-    p.add_argument("--out", help="write the rows as JSON here")
-    p.add_argument("--markdown", help="append the table (with the command) to this file")
     args = p.parse_args(argv)
     if (max(args.sessions) > MAX_SESSIONS or min(args.sessions) < 1 or not 0 <= args.moves <= len(L.LESSON)
             or not 0 <= args.watch <= L.MAX_SESSIONS):
@@ -230,14 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     groups = [[n] for n in args.sessions] if args.fresh else [args.sessions]
     rows = [row for mode in args.mode for text in (args.variant or ["app config="]) for sizes in groups
             for row in run_variant(*L.parse_variant(text), mode, sizes, args)]
-    command = "python bench/protocol_client.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": command, "cpus": os.cpu_count(), "rows": rows}, indent=1))
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(f"\n`{command}` ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})\n\n"
-                    + L.markdown_table(rows))
+    L.write_rows("protocol_client.py", argv, args, rows)
     print(L.markdown_table(rows))
     return rows
 
