@@ -115,3 +115,16 @@ def test_a_long_busy_spell_is_trimmed_every_ten_seconds_and_once_more_when_quiet
 
 def test_returning_freed_memory_is_safe_to_call_anywhere():
     assert return_freed_memory() in (True, False)
+
+
+def test_when_the_class_has_left_the_slider_results_and_charts_go():
+    from ui.memory import active_sessions
+
+    model = create_model("resnet8", width=0.25)
+    data = toy_set(8)
+    cached.unstructured("forget-test", "magnitude", "global", (), 0.5, model, data, data)
+    cached.figure(("forget-test", "chart"), lambda: None)
+    assert ("unstructured", "forget-test", "magnitude", "global", (), 0.5, data.fingerprint(), None) in cached._results
+    assert cached.forget() >= model_bytes(model) and len(cached._results) == 0 and len(cached._figures) == 0
+    assert cached.forget() == 0                      # nothing left: the watcher does not trim again
+    assert active_sessions() is None                 # no Streamlit runtime in a bare test: nothing is dropped

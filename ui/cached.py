@@ -224,3 +224,12 @@ def figure(key: Hashable, build: Callable[[], go.Figure | None]) -> go.Figure | 
     most PLAYGROUND_FIGURE_CACHE_MB in all (default 64), least recently used out first. Never modify
     the figure returned: other sessions draw it too."""
     return _figures.get(key, build)             # None (nothing to draw) is kept too
+
+
+def forget() -> int:
+    """Drop every slider result and chart (when the last session has gone: ui/memory.py); returns the
+    bytes they held. What is expensive to measure stays on disk in the slider grids."""
+    held = _results.total_bytes + _figures.total_bytes
+    _results.clear()
+    _figures.clear()
+    return held

@@ -11,6 +11,12 @@ server busy long after the sessions closed (ten students in free play: 0.3 cores
 memory freed meanwhile should not wait for the end. A quiet second is one in which the process used
 under 5 % of a core: an idle server with ten open pages uses 1 %.
 
+When no browser has been connected for PLAYGROUND_TRIM_IDLE_S seconds (the class has left), the slider
+results and charts cached for it go too (ui/cached.forget) before the trim: a server with nobody on it
+keeps only what a first visit loads. The accuracies that are expensive to measure stay on disk (the
+slider grids, ui/precompute.py). The session count is Streamlit's runtime's (private API; without it
+nothing is dropped).
+
 CPU time rather than Streamlit's script runs: it also sees fragments and background work, and needs
 no hook into Streamlit's runtime. A trim takes milliseconds (95 ms handing back 570 MB of a fragmented
 heap, 7 ms when there is little to give back): at most 1 % of a core while busy.
@@ -22,6 +28,8 @@ import threading
 import time
 
 from compression.metrics import return_freed_memory
+
+from . import cached
 
 IDLE_S = float(os.environ.get("PLAYGROUND_TRIM_IDLE_S") or 5)
 QUIET_CORES = 0.05      # under this share of a core, a second counts as quiet
@@ -63,10 +71,28 @@ def trim_when_idle() -> None:
     threading.Thread(target=_watch, name="playground-trim", daemon=True).start()
 
 
+def active_sessions() -> int | None:
+    """Browsers connected to this server now (None where Streamlit's runtime does not say)."""
+    try:
+        from streamlit import runtime
+
+        return runtime.get_instance()._session_mgr.num_active_sessions()
+    except Exception:            # no runtime (a bare script), or Streamlit changed its internals
+        return None
+
+
 def _watch() -> None:
     state = IdleTrim(time.process_time(), time.monotonic())
+    empty_since = None
     while True:
         time.sleep(1.0)
-        if state.tick(time.process_time(), time.monotonic()):
+        now = time.monotonic()
+        if active_sessions() == 0:
+            empty_since = empty_since or now
+            if now - empty_since >= state.idle_s and cached.forget():
+                return_freed_memory()
+        else:
+            empty_since = None
+        if state.tick(time.process_time(), now):
             return_freed_memory()
             state.cpu_at_trim = time.process_time()      # the trim's own CPU is not work
