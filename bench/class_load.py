@@ -168,7 +168,8 @@ async def free_moves(students: list[Student], k: int, timeout_s: float, think_s:
     async def play(student: Student) -> None:
         rng, here = random.Random(student.index), START
         for _ in range(k):
-            target = rng.choice([p for p in range(1, 99) if p != here])
+            # not next to the thumb: a click there grabs the thumb and leaves the value (no rerun)
+            target = rng.choice([p for p in range(1, 99) if abs(p - here) > 2])
             await move(student, target, timeout_s)
             here = target
             await asyncio.sleep(think_s * rng.uniform(0.5, 1.5))
