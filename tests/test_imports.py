@@ -64,7 +64,7 @@ LAYERS = {
     3: {"metrics", "packed_sizes", "views", "analysis", "variant", "export", "pipelines", "card",  # variants, metrics
         "portable", "job_view", "store_errors", "store_schema", "store_jobs", "blobs", "model_cache", "store",
         "workspace_zip", "auto_prune", "auto_quant", "onnx_export", "onnx_check",     # and the store,
-        "challenges", "exercises", "lineage"},                                         # classes' data
+        "challenges", "exercises", "lineage", "grid"},                                 # classes' data, slider grids
     4: {"jobs", "tasks", "runner", "engine",                              # tasks and where they run,
         "class_access", "classes", "board", "remeasure"},                              # classes on the store
     5: {"cli", "commands", "commands_auto"},                                           # the command line
