@@ -186,6 +186,31 @@ def percentiles(values: list[float]) -> dict:
             "p95": round(float(np.percentile(a, 95)), 2), "max": round(float(a.max()), 2)}
 
 
+def machine_figures(monitor: TreeMonitor, client: TreeMonitor, times: tuple, pages: int, moves: int) -> dict:
+    """Server and client CPU, server RSS and load average over a class's phases, `times` = (pages opened,
+    idle from, moves from, moves done, sessions closed, end): the part of a row this bench and
+    bench/protocol_client.py share. CPU seconds per page and per settled move are the server's own work,
+    whatever else runs."""
+    t_load, t_idle, t_moves, t_close, t_closed, t_end = times
+    return {
+        "server_cores": {"loading": round(monitor.cores(t_load, t_idle), 2),
+                         "idle": round(monitor.cores(t_idle, t_moves), 2),
+                         "moving": round(monitor.cores(t_moves, t_close), 2),
+                         "after_close": round(monitor.cores(t_closed, t_end), 2)},
+        "server_cpu_s_per_load": round(monitor.cores(t_load, t_idle) * (t_idle - t_load) / pages, 2),
+        "server_cpu_s_per_move": round(monitor.cores(t_moves, t_close) * (t_close - t_moves) / moves, 2)
+        if moves else None,
+        "browser_cores": {"loading": round(client.cores(t_load, t_idle), 2),
+                          "idle": round(client.cores(t_idle, t_moves), 2),
+                          "moving": round(client.cores(t_moves, t_close), 2)},
+        "server_rss_mb": {"peak": round(monitor.rss_peak_mb(t_load, t_end)),
+                          "after_close": round(monitor.rss_mb(t_end))},
+        "load_average": {"start": round(monitor.load_max(t_load, t_load), 2),
+                         "max": round(monitor.load_max(t_load, t_end), 2)},
+        "wall_s": round(t_end - t_load, 1),
+    }
+
+
 async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, *, load_timeout_s: float,
                     move_timeout_s: float, idle_s: float, after_s: float, think_s: float,
                     screenshot: Path | None = None) -> dict:
@@ -224,22 +249,8 @@ async def run_class(base: str, monitor: TreeMonitor, n: int, mode: str, k: int, 
         "load_timeouts": sum(s.load_s is None for s in students),
         "page_errors": sorted({e for s in students for e in s.errors}),
         "idle_messages": idle_frames,        # websocket messages to all idle sessions (0: nothing polls)
-        "server_cores": {"loading": round(monitor.cores(t_load, t_idle), 2),
-                         "idle": round(monitor.cores(t_idle, t_moves), 2),
-                         "moving": round(monitor.cores(t_moves, t_close), 2),
-                         "after_close": round(monitor.cores(t_closed, t_end), 2)},
-        # CPU seconds the server spent per page opened and per settled move: its work, whatever else runs
-        "server_cpu_s_per_load": round(monitor.cores(t_load, t_idle) * (t_idle - t_load) / n, 2),
-        "server_cpu_s_per_move": round(monitor.cores(t_moves, t_close) * (t_close - t_moves) / settled, 2)
-        if (settled := sum(len(s.moves_s) for s in students)) else None,
-        "browser_cores": {"loading": round(client.cores(t_load, t_idle), 2),
-                          "idle": round(client.cores(t_idle, t_moves), 2),
-                          "moving": round(client.cores(t_moves, t_close), 2)},
-        "server_rss_mb": {"peak": round(monitor.rss_peak_mb(t_load, t_end)),
-                          "after_close": round(monitor.rss_mb(t_end))},
-        "load_average": {"start": round(monitor.load_max(t_load, t_load), 2),
-                         "max": round(monitor.load_max(t_load, t_end), 2)},
-        "wall_s": round(t_end - t_load, 1),
+        **machine_figures(monitor, client, (t_load, t_idle, t_moves, t_close, t_closed, t_end), pages=n,
+                          moves=sum(len(s.moves_s) for s in students)),
     }
 
 
